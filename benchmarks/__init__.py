@@ -1,0 +1,1 @@
+"""Installed as diffalign.benchmarks (DESIGN.md §2)."""

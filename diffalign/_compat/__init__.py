@@ -1,0 +1,1 @@
+"""Small, documented compatibility fixes that must run before third-party imports."""

@@ -1,0 +1,189 @@
+"""The ``diffalign`` command.
+
+    diffalign train --method NAME --model PATH_OR_ID --data PATH_OR_ID [options] [--config run.yaml]
+    diffalign methods
+    accelerate launch -m diffalign train ...
+
+``train`` flags are the fields of ``TrainConfig`` plus the chosen method's config fields
+(``--beta``, ...); a ``--config`` YAML file gives the same keys (method options flat or under
+``method_args``), and flags given on the command line override it. User errors (unknown method,
+missing model or data, bad option) print one line and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import typing
+from typing import Any, Optional, Sequence
+
+USAGE_ERROR = 2
+
+
+class UsageError(Exception):
+    pass
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    import diffalign  # noqa: F401  (installs the torchvision CPU shim before any other import)
+
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return USAGE_ERROR
+    if extra and args.command != "train":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    try:
+        return args.func(args, extra) if args.command == "train" else args.func(args)
+    except UsageError as error:
+        print(f"diffalign {args.command}: error: {error}", file=sys.stderr)
+        return USAGE_ERROR
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="diffalign", description="Preference alignment for diffusion models and LMs.")
+    subparsers = parser.add_subparsers(dest="command")
+    train_parser = subparsers.add_parser("train", help="train a model with a preference method", add_help=False)
+    train_parser.set_defaults(func=run_train)
+    methods_parser = subparsers.add_parser("methods", help="list the registered methods")
+    methods_parser.set_defaults(func=run_methods)
+    _add_plugin_commands(subparsers)
+    return parser
+
+
+def _add_plugin_commands(subparsers) -> None:
+    """Commands defined next to the code they drive (scorers, toy world)."""
+    import importlib
+
+    for module_name, functions in (
+        ("diffalign.rewards.cli", ("add_score_command", "add_pairs_command")),
+        ("diffalign.toy.cli", ("add_toy_command", "add_demo_command")),
+    ):
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as error:
+            if error.name != module_name:
+                raise
+            continue
+        for function in functions:
+            getattr(module, function)(subparsers)
+
+
+# ------------------------------------------------------------------------------------------- methods
+def run_methods(args) -> int:
+    from diffalign.methods import registered_methods
+
+    methods = registered_methods()
+    width = max(len(name) for name in methods)
+    for name, method in methods.items():
+        print(f"{name:<{width}}  {method.modality:<9}  {method.data_format:<18}  {method.summary}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------- train
+def run_train(args, argv: Sequence[str]) -> int:
+    from diffalign.data import DataError
+    from diffalign.diffusion.attention import AttentionBackendError
+    from diffalign.diffusion.model import ModelLoadError
+    from diffalign.methods.base import UnknownMethodError
+    from diffalign.training import train
+
+    try:
+        config = parse_train_config(argv)
+        summary = train(config)
+    except (UnknownMethodError, ModelLoadError, DataError, AttentionBackendError, FileNotFoundError, ValueError) as error:
+        raise UsageError(str(error)) from error
+    metrics = summary["final_metrics"]
+    shown = ", ".join(f"{key}={value:.4g}" for key, value in metrics.items() if key in ("loss", "rewards/accuracies"))
+    print(f"trained {summary['method']} for {summary['steps']} steps in {summary['seconds']} s ({shown}); "
+          f"output: {summary['output_dir']}")
+    return 0
+
+
+def parse_train_config(argv: Sequence[str]):
+    """``TrainConfig`` from defaults <- ``--config`` YAML <- command-line flags."""
+    from diffalign.methods.base import get_method_class
+    from diffalign.training.config import TrainConfig
+
+    first = argparse.ArgumentParser(add_help=False)
+    first.add_argument("--config")
+    first.add_argument("--method")
+    known, _ = first.parse_known_args(argv)
+    file_values = _read_yaml(known.config) if known.config else {}
+    method_name = known.method or file_values.get("method") or TrainConfig.method
+    method_class = get_method_class(method_name)
+
+    parser = argparse.ArgumentParser(prog="diffalign train", argument_default=argparse.SUPPRESS,
+                                     description=f"Train with a preference method (options of {method_name!r} included).")
+    parser.add_argument("--config", help="YAML file with any of the options below; flags override it")
+    general = parser.add_argument_group("training options")
+    _add_dataclass_flags(general, TrainConfig, skip={"method_args"})
+    method_group = parser.add_argument_group(f"{method_name} options")
+    _add_dataclass_flags(method_group, method_class.config_class)
+    flags = vars(parser.parse_args(argv))
+    flags.pop("config", None)
+
+    train_fields = {field.name for field in dataclasses.fields(TrainConfig)}
+    method_fields = {field.name for field in dataclasses.fields(method_class.config_class)}
+    values = {key: value for key, value in file_values.items() if key != "method_args"}
+    method_args = dict(file_values.get("method_args") or {})
+    for key in list(values):
+        if key in method_fields and key not in train_fields:
+            method_args[key] = values.pop(key)
+    unknown = sorted(set(values) - train_fields)
+    if unknown:
+        raise UsageError(f"{known.config}: unknown option(s) {', '.join(unknown)}")
+    for key, value in flags.items():
+        if key in method_fields and key not in train_fields:
+            method_args[key] = value
+        else:
+            values[key] = value
+    values["method"] = method_name
+    for required in ("model", "data"):
+        if not values.get(required):
+            raise UsageError(f"--{required} is required")
+    return TrainConfig(**values, method_args=method_args)
+
+
+def _read_yaml(path: str) -> dict[str, Any]:
+    import yaml
+
+    try:
+        with open(path) as handle:
+            loaded = yaml.safe_load(handle) or {}
+    except OSError as error:
+        raise UsageError(f"cannot read --config {path}: {error.strerror}") from error
+    if not isinstance(loaded, dict):
+        raise UsageError(f"--config {path}: expected a mapping of option names to values")
+    return {key.replace("-", "_"): value for key, value in loaded.items()}
+
+
+def _add_dataclass_flags(group, cls, skip=frozenset()) -> None:
+    hints = typing.get_type_hints(cls)
+    for field in dataclasses.fields(cls):
+        if field.name in skip:
+            continue
+        flag = "--" + field.name.replace("_", "-")
+        kind = _unwrap_optional(hints[field.name])
+        default = field.default if field.default is not dataclasses.MISSING else None
+        help_text = f"default: {default}"
+        if kind is bool:
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text)
+        elif typing.get_origin(kind) is list:
+            group.add_argument(flag, nargs="+", type=typing.get_args(kind)[0], help=help_text)
+        else:
+            group.add_argument(flag, type=kind, help=help_text)
+
+
+def _unwrap_optional(kind):
+    if typing.get_origin(kind) is typing.Union:
+        arguments = [argument for argument in typing.get_args(kind) if argument is not type(None)]
+        if len(arguments) == 1:
+            return arguments[0]
+    return kind
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

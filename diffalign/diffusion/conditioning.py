@@ -1,0 +1,68 @@
+"""Text conditioning of SD1.x/2.x and SDXL UNets (research/diffusion_methods_A.md §1.3-§1.4).
+
+- SD1.x/2.x: the CLIP text encoder's last hidden state, (B, 77, D).
+- SDXL: the penultimate hidden states of both encoders (CLIP-L and OpenCLIP-bigG) concatenated on
+  the feature axis, the second encoder's pooled projection as ``text_embeds``, and the six
+  micro-conditioning numbers ``time_ids`` = (orig_h, orig_w, crop_top, crop_left, target_h, target_w).
+  The official Diffusion-DPO / SmPO / InPO trainers use the constant (R, R, 0, 0, R, R) for every
+  sample; so does diffalign (spec Q8).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import torch
+
+
+@dataclass
+class Conditioning:
+    """What a UNet forward needs besides the noisy latents and the timesteps."""
+
+    prompt_embeds: torch.Tensor
+    added_cond_kwargs: Optional[dict[str, torch.Tensor]] = None
+
+    def repeat_for_pair(self) -> "Conditioning":
+        """Conditioning for a [winners; losers] batch: the same prompt conditions both halves."""
+        return self.map(lambda tensor: torch.cat([tensor, tensor], dim=0))
+
+    def to(self, device=None, dtype=None) -> "Conditioning":
+        return self.map(lambda tensor: tensor.to(device=device, dtype=dtype if tensor.is_floating_point() else None))
+
+    def map(self, function) -> "Conditioning":
+        added = None if self.added_cond_kwargs is None else {k: function(v) for k, v in self.added_cond_kwargs.items()}
+        return Conditioning(function(self.prompt_embeds), added)
+
+    def unet_kwargs(self) -> dict:
+        kwargs = {"encoder_hidden_states": self.prompt_embeds}
+        if self.added_cond_kwargs is not None:
+            kwargs["added_cond_kwargs"] = self.added_cond_kwargs
+        return kwargs
+
+
+def tokenize(tokenizer, prompts: Sequence[str]) -> torch.Tensor:
+    return tokenizer(
+        list(prompts), padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    ).input_ids
+
+
+@torch.no_grad()
+def encode_sd_prompts(text_encoder, tokenizer, prompts: Sequence[str]) -> Conditioning:
+    input_ids = tokenize(tokenizer, prompts).to(text_encoder.device)
+    return Conditioning(text_encoder(input_ids)[0])
+
+
+@torch.no_grad()
+def encode_sdxl_prompts(text_encoders, tokenizers, prompts: Sequence[str], resolution: int) -> Conditioning:
+    hidden_states = []
+    pooled = None
+    for text_encoder, tokenizer in zip(text_encoders, tokenizers):
+        input_ids = tokenize(tokenizer, prompts).to(text_encoder.device)
+        output = text_encoder(input_ids, output_hidden_states=True)
+        hidden_states.append(output.hidden_states[-2])
+        pooled = output[0]  # CLIPTextModelWithProjection: text_embeds (the second encoder's, as in SDXL)
+    prompt_embeds = torch.cat(hidden_states, dim=-1)
+    time_ids = torch.tensor([[resolution, resolution, 0, 0, resolution, resolution]], dtype=prompt_embeds.dtype)
+    time_ids = time_ids.repeat(len(prompts), 1).to(prompt_embeds.device)
+    return Conditioning(prompt_embeds, {"text_embeds": pooled, "time_ids": time_ids})

@@ -1,0 +1,264 @@
+"""``DiffusionModel``: a diffusers text-to-image model as the trainers see it.
+
+It holds the trainable UNet (full or with LoRA adapters through peft), the frozen VAE and text
+encoders, the training noise schedule and the reference, and offers the few operations every
+method composes: encode images and prompts, forward noising, the policy and reference predictions,
+and the regression target for the model's ``prediction_type`` (epsilon or v).
+
+Reference handling (research/diffusion_methods_A.md §2.3):
+- ``copy``: a frozen copy of the initial UNet (official Diffusion-DPO), in the mixed-precision dtype;
+- ``adapters``: with LoRA, the same UNet with its adapters disabled under no_grad (diffusers LoRA
+  port): no second copy in memory. LoRA B matrices start at zero, so both give the same loss at init.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import os
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import torch
+
+from diffalign.diffusion.attention import set_attention_backend
+from diffalign.diffusion.conditioning import Conditioning, encode_sd_prompts, encode_sdxl_prompts
+from diffalign.diffusion.noising import add_noise, velocity
+
+FAMILIES = {"StableDiffusionPipeline": "sd", "StableDiffusionXLPipeline": "sdxl"}
+DEFAULT_LORA_TARGETS = ["to_k", "to_q", "to_v", "to_out.0"]
+
+
+class ModelLoadError(ValueError):
+    pass
+
+
+@dataclass
+class LoraSettings:
+    rank: int
+    alpha: Optional[float] = None
+    target_modules: Optional[Sequence[str]] = None
+
+    def peft_config(self):
+        from peft import LoraConfig
+
+        return LoraConfig(
+            r=self.rank,
+            lora_alpha=self.alpha if self.alpha is not None else self.rank,
+            init_lora_weights="gaussian",
+            target_modules=list(self.target_modules or DEFAULT_LORA_TARGETS),
+        )
+
+
+def read_model_index(model: str, revision: Optional[str] = None) -> dict:
+    """The pipeline's ``model_index.json`` from a local folder or the hub."""
+    local = os.path.join(model, "model_index.json")
+    if os.path.isdir(model):
+        if not os.path.isfile(local):
+            raise ModelLoadError(f"{model} is a folder but has no model_index.json: not a diffusers pipeline folder")
+        with open(local) as handle:
+            return json.load(handle)
+    if os.path.exists(model) or model.startswith((".", "/")) or model.count("/") != 1:
+        raise ModelLoadError(f"model {model!r} is neither a local diffusers pipeline folder nor a hub id (owner/name)")
+    from diffusers import DiffusionPipeline
+
+    try:
+        return dict(DiffusionPipeline.load_config(model, revision=revision))
+    except Exception as error:  # hub unreachable, repo missing, gated, ...
+        raise ModelLoadError(f"could not load model {model!r} from the hub: {error}") from error
+
+
+class DiffusionModel:
+    """See the module docstring. Build with ``DiffusionModel.from_pretrained``."""
+
+    def __init__(self, family, unet, vae, text_encoders, tokenizers, noise_scheduler, inference_scheduler,
+                 reference_unet=None, reference_mode: Optional[str] = None, lora: Optional[LoraSettings] = None,
+                 resolution: int = 512):
+        self.family = family
+        self.unet = unet
+        self.unwrapped_unet = unet
+        self.vae = vae
+        self.text_encoders = list(text_encoders)
+        self.tokenizers = list(tokenizers)
+        self.noise_scheduler = noise_scheduler
+        self.inference_scheduler = inference_scheduler
+        self.reference_unet = reference_unet
+        self.reference_mode = reference_mode
+        self.lora = lora
+        self.resolution = resolution
+        self.alphas_cumprod = noise_scheduler.alphas_cumprod.to(torch.float64)
+        self.prediction_type = noise_scheduler.config.prediction_type
+        self.num_train_timesteps = noise_scheduler.config.num_train_timesteps
+        self.device = torch.device("cpu")
+        self.weight_dtype = torch.float32
+        if self.prediction_type not in ("epsilon", "v_prediction"):
+            raise ModelLoadError(f"prediction_type {self.prediction_type!r} is not supported (epsilon, v_prediction)")
+
+    # ----------------------------------------------------------------------------------- loading
+    @classmethod
+    def from_pretrained(cls, model: str, *, reference: Optional[str] = "copy", lora: Optional[LoraSettings] = None,
+                        attention: str = "sdpa", gradient_checkpointing: bool = False, resolution: int = 512,
+                        revision: Optional[str] = None) -> "DiffusionModel":
+        """Load the components of an SD1.x/2.x or SDXL pipeline (hub id or local folder).
+
+        ``reference``: None (no reference), ``copy`` or ``adapters`` (needs ``lora``).
+        """
+        import diffusers
+        from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+        from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+        index = read_model_index(model, revision)
+        family = FAMILIES.get(index.get("_class_name"))
+        if family is None:
+            raise ModelLoadError(
+                f"model {model!r} is a {index.get('_class_name')}; diffalign trains {', '.join(FAMILIES)} models"
+            )
+        if reference == "adapters" and lora is None:
+            raise ModelLoadError("reference 'adapters' needs LoRA (--lora-rank > 0); use reference 'copy' for full fine-tuning")
+
+        def load(loader, subfolder):
+            try:
+                return loader.from_pretrained(model, subfolder=subfolder, revision=revision)
+            except Exception as error:
+                raise ModelLoadError(f"could not load {subfolder}/ of {model!r}: {error}") from error
+
+        unet = load(UNet2DConditionModel, "unet")
+        vae = load(AutoencoderKL, "vae")
+        tokenizers = [load(CLIPTokenizer, "tokenizer")]
+        text_encoders = [load(CLIPTextModel, "text_encoder")]
+        if family == "sdxl":
+            tokenizers.append(load(CLIPTokenizer, "tokenizer_2"))
+            text_encoders.append(load(CLIPTextModelWithProjection, "text_encoder_2"))
+        noise_scheduler = load(DDPMScheduler, "scheduler")
+        inference_scheduler = load(getattr(diffusers, index["scheduler"][1]), "scheduler")
+
+        for frozen in (vae, *text_encoders):
+            frozen.requires_grad_(False)
+            frozen.eval()
+        set_attention_backend(unet, attention)
+        reference_unet = None
+        if reference == "copy":
+            reference_unet = copy.deepcopy(unet).requires_grad_(False).eval()
+        if lora is not None:
+            unet.requires_grad_(False)
+            unet.add_adapter(lora.peft_config())
+        if gradient_checkpointing:
+            unet.enable_gradient_checkpointing()
+        unet.train()
+        return cls(family, unet, vae, text_encoders, tokenizers, noise_scheduler, inference_scheduler,
+                   reference_unet=reference_unet, reference_mode=reference, lora=lora, resolution=resolution)
+
+    # ------------------------------------------- the training loop's ModelAdapter protocol
+    def trainable_module(self) -> torch.nn.Module:
+        return self.unwrapped_unet
+
+    def set_trainable_module(self, module: torch.nn.Module) -> None:
+        self.unet = module
+
+    def place(self, device: torch.device, dtype: torch.dtype) -> None:
+        """Frozen text encoders and reference in ``dtype``; the VAE stays float32 (SD VAEs overflow in fp16).
+        With LoRA the frozen base weights are cast too, the trainable adapters stay float32."""
+        self.device = torch.device(device)
+        self.weight_dtype = dtype
+        cast = {} if dtype == torch.float32 else {"dtype": dtype}
+        self.vae.to(self.device)
+        for text_encoder in self.text_encoders:
+            text_encoder.to(self.device, **cast)
+        if self.reference_unet is not None:
+            self.reference_unet.to(self.device, **cast)
+        self.unwrapped_unet.to(self.device)
+        if self.lora is not None and dtype != torch.float32:
+            self.unwrapped_unet.to(dtype=dtype)
+            for parameter in self.unwrapped_unet.parameters():
+                if parameter.requires_grad:
+                    parameter.data = parameter.data.float()
+
+    def export(self, output_dir: str, unwrapped: torch.nn.Module) -> None:
+        """Full fine-tuning: a complete diffusers pipeline folder at ``output_dir`` (``from_pretrained`` it).
+        LoRA: ``pytorch_lora_weights.safetensors`` there, for ``pipe.load_lora_weights(output_dir)``."""
+        pipeline_class = self.pipeline_class()
+        if self.lora is not None:
+            from peft.utils import get_peft_model_state_dict
+            from diffusers.utils import convert_state_dict_to_diffusers
+
+            layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unwrapped))
+            pipeline_class.save_lora_weights(output_dir, unet_lora_layers=layers, safe_serialization=True)
+            return
+        unet = copy.deepcopy(unwrapped).to("cpu", dtype=torch.float32)
+        self.build_pipeline(unet=unet, device="cpu").save_pretrained(output_dir, safe_serialization=True)
+
+    # ------------------------------------------------------------------------------ generation
+    def pipeline_class(self):
+        from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+        return StableDiffusionXLPipeline if self.family == "sdxl" else StableDiffusionPipeline
+
+    def build_pipeline(self, unet: Optional[torch.nn.Module] = None, device=None):
+        """A diffusers pipeline over these components (the policy UNet unless ``unet`` is given)."""
+        unet = unet if unet is not None else self.unwrapped_unet
+        components = dict(vae=self.vae, unet=unet, scheduler=copy.deepcopy(self.inference_scheduler))
+        if self.family == "sdxl":
+            components.update(text_encoder=self.text_encoders[0], text_encoder_2=self.text_encoders[1],
+                              tokenizer=self.tokenizers[0], tokenizer_2=self.tokenizers[1])
+        else:
+            components.update(text_encoder=self.text_encoders[0], tokenizer=self.tokenizers[0],
+                              safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+        pipeline = self.pipeline_class()(**components)
+        return pipeline.to(device) if device is not None else pipeline
+
+    # ------------------------------------------------------------------------------ operations
+    @torch.no_grad()
+    def encode_images(self, pixels: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """VAE latents of images in [-1, 1], (B, 3, H, W) -> (B, 4, H/8, W/8): a posterior sample
+        (not the mode, as the official trainers do) times the VAE scaling factor."""
+        pixels = pixels.to(self.device, dtype=torch.float32)
+        posterior = self.vae.encode(pixels).latent_dist
+        noise = torch.randn(posterior.mean.shape, generator=generator, dtype=torch.float32).to(self.device)
+        latents = posterior.mean + posterior.std * noise
+        shift = getattr(self.vae.config, "shift_factor", None) or 0.0
+        return (latents - shift) * self.vae.config.scaling_factor
+
+    def encode_prompts(self, prompts: Sequence[str]) -> Conditioning:
+        if self.family == "sdxl":
+            return encode_sdxl_prompts(self.text_encoders, self.tokenizers, prompts, self.resolution)
+        return encode_sd_prompts(self.text_encoders[0], self.tokenizers[0], prompts)
+
+    def add_noise(self, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        return add_noise(latents, noise, timesteps, self.alphas_cumprod)
+
+    def target(self, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """The regression target: the noise for epsilon-prediction, the velocity for v-prediction."""
+        if self.prediction_type == "v_prediction":
+            return velocity(latents, noise, timesteps, self.alphas_cumprod)
+        return noise
+
+    def policy(self, noisy_latents: torch.Tensor, timesteps: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        """The trainable UNet's prediction, with grad (through the accelerate-prepared module)."""
+        return self.unet(noisy_latents, timesteps, **cond.unet_kwargs()).sample
+
+    @torch.no_grad()
+    def policy_no_grad(self, noisy_latents: torch.Tensor, timesteps: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        """The current policy's prediction without grad (used by inversion), bypassing DDP."""
+        with self._autocast():
+            return self.unwrapped_unet(noisy_latents, timesteps, **cond.unet_kwargs()).sample
+
+    @torch.no_grad()
+    def reference(self, noisy_latents: torch.Tensor, timesteps: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        """The frozen reference's prediction, detached."""
+        if self.reference_mode == "copy":
+            with self._autocast():
+                return self.reference_unet(noisy_latents, timesteps, **cond.unet_kwargs()).sample.detach()
+        if self.reference_mode == "adapters":
+            self.unwrapped_unet.disable_adapters()
+            try:
+                with self._autocast():
+                    return self.unwrapped_unet(noisy_latents, timesteps, **cond.unet_kwargs()).sample.detach()
+            finally:
+                self.unwrapped_unet.enable_adapters()
+        raise RuntimeError("this model was loaded without a reference (reference=None)")
+
+    def _autocast(self):
+        if self.weight_dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.weight_dtype)

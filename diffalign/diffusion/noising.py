@@ -1,0 +1,43 @@
+"""Forward noising with explicit randomness, shared within preference pairs.
+
+Diffusion-DPO draws one timestep and one noise tensor per pair and uses them for both the winner and
+the loser (research/diffusion_methods_A.md §1.2): common random numbers make the winner/loser error
+difference measure the images, not the noise.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def sample_timesteps(count: int, num_train_timesteps: int, generator: torch.Generator | None, device=None) -> torch.Tensor:
+    """Integer timesteps uniform on {0, ..., num_train_timesteps - 1}, shape (count,)."""
+    return torch.randint(0, num_train_timesteps, (count,), generator=generator).to(device)
+
+
+def sample_noise(shape: tuple[int, ...], generator: torch.Generator | None, device=None, dtype=torch.float32) -> torch.Tensor:
+    """Standard Gaussian noise drawn on the CPU generator (reproducible across devices), then moved."""
+    return torch.randn(shape, generator=generator, dtype=torch.float32).to(device=device, dtype=dtype)
+
+
+def repeat_for_pair(per_pair: torch.Tensor) -> torch.Tensor:
+    """[x_1..x_B] -> [x_1..x_B, x_1..x_B]: the layout of a batch stacked as [winners; losers]."""
+    return torch.cat([per_pair, per_pair], dim=0)
+
+
+def _broadcast(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return values.reshape(-1, *([1] * (like.dim() - 1)))
+
+
+def add_noise(latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor, alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """x_t = sqrt(abar_t) * x_0 + sqrt(1 - abar_t) * eps (computed in float32, returned in the latents' dtype)."""
+    abar = alphas_cumprod.to(latents.device)[timesteps.to(latents.device)].float()
+    x_t = _broadcast(abar.sqrt(), latents) * latents.float() + _broadcast((1 - abar).sqrt(), latents) * noise.float()
+    return x_t.to(latents.dtype)
+
+
+def velocity(latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor, alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """v = sqrt(abar_t) * eps - sqrt(1 - abar_t) * x_0, the v-prediction target (Salimans & Ho 2022)."""
+    abar = alphas_cumprod.to(latents.device)[timesteps.to(latents.device)].float()
+    v = _broadcast(abar.sqrt(), latents) * noise.float() - _broadcast((1 - abar).sqrt(), latents) * latents.float()
+    return v.to(latents.dtype)

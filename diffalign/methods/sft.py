@@ -1,0 +1,44 @@
+"""Supervised fine-tuning on preferred images: the plain denoising loss on the chosen image only.
+
+The official Diffusion-DPO ``--sft`` branch (research/diffusion_methods_A.md §2.5): keep the winner
+of each pair, L = mean over batch and latent elements of (eps_theta(x_t, t, c) - eps)^2 (the
+velocity for v-prediction models), no reference, caption dropout 0.2. The paper trains it with the
+DPO schedule at lr 1e-9.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from diffalign.diffusion import DENOISING_LOGP_SCALE, denoising_logps
+from diffalign.diffusion.noising import sample_noise, sample_timesteps
+from diffalign.methods.base import Method, MethodConfig, register_method
+from diffalign.methods.denoising import drop_captions
+from diffalign.objectives import sft_loss
+
+
+@dataclass
+class SFTConfig(MethodConfig):
+    caption_dropout: float = 0.2
+
+
+@register_method
+class SFT(Method):
+    name = "sft"
+    summary = "SFT: denoising loss on the preferred image of each pair, no reference (images)"
+    config_class = SFTConfig
+    modality = "diffusion"
+    data_format = "chosen_images"
+    needs_reference = False
+
+    def compute_loss(self, model, batch, generator=None):
+        prompts = drop_captions(batch["prompts"], self.config.caption_dropout, generator)
+        latents = model.encode_images(batch["pixels"], generator)
+        timesteps = sample_timesteps(len(prompts), model.num_train_timesteps, generator, latents.device)
+        noise = sample_noise(tuple(latents.shape), generator, latents.device, latents.dtype)
+        cond = model.encode_prompts(prompts)
+        prediction = model.policy(model.add_noise(latents, noise, timesteps), timesteps, cond)
+        logps = denoising_logps(prediction, model.target(latents, noise, timesteps))
+        return sft_loss(logps, logp_scale=DENOISING_LOGP_SCALE)

@@ -1,0 +1,95 @@
+"""SmPO-Diffusion (Lu et al., ICML 2025, arXiv 2506.02698; code ``JaydenLyh/SmPO`` ``train.py``):
+smoothed preferences from reward scores, on ReNoise-refined DDIM-inverted latents
+(research/diffusion_methods_A.md §4).
+
+Per pair, with both images' reward scores:
+
+1. the winner is the **higher-scored** image (the reward-model winner, as the official code: human
+   ties are dropped by the data reader, then PickScore decides), and
+   ``kappa = gamma (2 p - 1)``, ``p = sigmoid((s_w - s_l) / (s_max - s_min))``
+   (``diffalign.objectives.smoothing``; gamma = 10, PickScore-cosine s_min / s_max by default);
+2. each image is inverted from its own x0 to the pair's t by the current policy (no grad), ReNoise
+   K = 1 at every step of the diffusers-0.20 grid (``ddim_invert(renoise_steps=1)``)::
+
+       e1 = eps(z, a_k);  e2 = eps(Inv(z, e1; a_k -> b_k), a_k);  z <- Inv(z, (e1 + e2) / 2; a_k -> b_k)
+       tau = (x_tilde - sqrt(abar_t) x0) / sqrt(1 - abar_t)
+
+3. ``L = -log sigmoid(-(beta / 2) kappa ((m_w - m_l) - (r_w - r_l)))`` with the errors m, r of the
+   policy and the frozen reference against tau at (x_tilde, t): ``dpo_loss(..., sample_weight=kappa)``.
+
+Equal scores give kappa = 0: the loss is ln 2 and the pair contributes no gradient.
+
+Official defaults (``examples/sd15.sh``, ``examples/sdxl.sh``; spec §4.4): beta 2000 (SD1.x, from an
+SFT'd UNet) / 5000 (SDXL) -- ``beta=None`` picks by family; gamma 10; grid N = 5 (SD1.x) / 10 (SDXL)
+-- ``inversion_steps=None`` picks by family (spec Q17: the code's values, not the notes' 9);
+conditional-only inversion; caption dropout 0.2. Training loop (``TrainConfig``): effective batch 1024,
+lr 1e-8 with ``--scale-lr`` (= 1.024e-5), ``constant_with_warmup`` with 100 warm-up steps, 200 steps,
+Adafactor for SDXL, fp16.
+
+Open questions (spec §8), resolved as recommended: per-pair kappa, vectorised, scores as floats,
+reward-model winner (Q13; the official code reads only the first pair's probability and needs a
+per-device batch of 1; we do not); the code's -1/2 factor (Q21); and, as for InPO (``inpo`` module):
+policy inverts (Q14), L(t) != t reproduced (Q15), 0.20 semantics (Q16), float32 (Q18), no clamping (Q19).
+For a scorer other than raw PickScore cosines set ``score_min`` / ``score_max`` to its range.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from diffalign.methods.base import register_method
+from diffalign.methods.inpo import InversionDPO, InversionDPOConfig
+from diffalign.objectives.smoothing import PICKSCORE_MAX, PICKSCORE_MIN, SMPO_GAMMA, order_by_score, smoothed_preference_weight
+
+SCORE_KEYS = ("chosen_scores", "rejected_scores")
+
+
+@dataclass
+class SmPOConfig(InversionDPOConfig):
+    gamma: float = SMPO_GAMMA
+    score_min: float = PICKSCORE_MIN
+    score_max: float = PICKSCORE_MAX
+
+
+@register_method
+class SmPO(InversionDPO):
+    name = "smpo"
+    summary = "SmPO: smoothed (reward-score) DPO on ReNoise-refined DDIM-inverted latents (scored pairs)"
+    config_class = SmPOConfig
+    data_format = "scored_image_pairs"
+    renoise_steps = 1
+    family_inversion_steps = {"sd": 5, "sdxl": 10}
+
+    def compute_loss(self, model, batch, generator=None):
+        missing = [key for key in SCORE_KEYS if key not in batch]
+        if missing:
+            raise KeyError(
+                f"smpo needs both images' reward scores but the batch has no {', '.join(missing)}: use scored pairs "
+                "(jsonl chosen_score / rejected_score from `diffalign score` / `diffalign pairs`, or ps_score_0 / ps_score_1 columns)"
+            )
+        swap = order_by_score(batch["chosen_scores"].float(), batch["rejected_scores"].float())
+        batch = swap_pairs(batch, swap)
+        output = super().compute_loss(model, batch, generator)
+        kappa = self.sample_weight(batch)
+        output.metrics["smpo/kappa"] = kappa.mean()
+        output.metrics["smpo/swapped_to_score_winner"] = swap.float().mean()
+        return output
+
+    def sample_weight(self, batch):
+        return smoothed_preference_weight(
+            batch["chosen_scores"].float(), batch["rejected_scores"].float(),
+            self.config.score_min, self.config.score_max, self.config.gamma,
+        )
+
+
+def swap_pairs(batch: dict, swap: torch.Tensor) -> dict:
+    """A copy of ``batch`` with chosen and rejected pixels and scores exchanged where ``swap`` (B,) is True."""
+    swapped = dict(batch)
+    for chosen_key, rejected_key in (("chosen_pixels", "rejected_pixels"), SCORE_KEYS):
+        chosen, rejected = batch[chosen_key], batch[rejected_key]
+        mask = swap.to(chosen.device).reshape(-1, *[1] * (chosen.dim() - 1))
+        swapped[chosen_key] = torch.where(mask, rejected, chosen)
+        swapped[rejected_key] = torch.where(mask, chosen, rejected)
+    return swapped

@@ -1,0 +1,211 @@
+"""Tiny Stable-Diffusion-like pipelines built from configs with random weights, fully offline.
+
+They are real diffusers pipelines (``StableDiffusionPipeline`` / ``StableDiffusionXLPipeline``) with the
+same components and config keys as SD1.x and SDXL, only narrower, so the loading, training and export
+code paths that serve real checkpoints are the ones exercised by the tests and the toy world
+(research/packaging.md §2-§3).
+
+The tokenizer is a real ``CLIPTokenizer``: either the full OpenAI-CLIP vocabulary derived from the BPE
+file that open_clip ships (token ids identical to CLIP's), or a small BPE trained on a given corpus,
+which keeps the text embedding table tiny.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+from typing import Iterable, Literal
+
+import torch
+
+Family = Literal["sd", "sdxl"]
+
+CLIP_MAX_LENGTH = 77
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2 / CLIP byte-to-printable-character table."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    codes = printable[:]
+    extra = 0
+    for byte in range(256):
+        if byte not in printable:
+            printable.append(byte)
+            codes.append(256 + extra)
+            extra += 1
+    return dict(zip(printable, map(chr, codes)))
+
+
+def clip_tokenizer_from_open_clip():
+    """The OpenAI CLIP tokenizer (49408 tokens), rebuilt offline from open_clip's bundled BPE merges."""
+    import open_clip
+    from transformers import CLIPTokenizer
+
+    bpe_path = os.path.join(os.path.dirname(open_clip.__file__), "bpe_simple_vocab_16e6.txt.gz")
+    lines = gzip.open(bpe_path).read().decode("utf-8").split("\n")
+    merges = lines[1 : 49152 - 256 - 2 + 1]
+    byte_tokens = list(_bytes_to_unicode().values())
+    vocab = byte_tokens + [token + "</w>" for token in byte_tokens]
+    vocab += ["".join(merge.split()) for merge in merges] + ["<|startoftext|>", "<|endoftext|>"]
+    return CLIPTokenizer(
+        vocab={token: index for index, token in enumerate(vocab)},
+        merges=[tuple(merge.split()) for merge in merges],
+        model_max_length=CLIP_MAX_LENGTH,
+    )
+
+
+def small_clip_tokenizer(corpus: Iterable[str], vocab_size: int = 400):
+    """A ``CLIPTokenizer`` whose BPE is trained on ``corpus`` (CLIP's pre-tokenisation and ``</w>`` suffix)."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+    from transformers import CLIPTokenizer
+
+    byte_alphabet = list(_bytes_to_unicode().values())
+    tokenizer = Tokenizer(models.BPE(end_of_word_suffix="</w>"))
+    tokenizer.normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.Lowercase()])
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace(), pre_tokenizers.ByteLevel(add_prefix_space=False)])
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, initial_alphabet=byte_alphabet, end_of_word_suffix="</w>", show_progress=False
+    )
+    tokenizer.train_from_iterator(list(corpus), trainer=trainer)
+    trained = tokenizer.get_vocab()
+    vocab = byte_alphabet + [token + "</w>" for token in byte_alphabet]
+    vocab += sorted((t for t in trained if t not in set(vocab)), key=trained.get)
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    merges = [tuple(m) if isinstance(m, (tuple, list)) else tuple(m.split()) for m in _merges_of(tokenizer)]
+    return CLIPTokenizer(vocab={t: i for i, t in enumerate(vocab)}, merges=merges, model_max_length=CLIP_MAX_LENGTH)
+
+
+def _merges_of(tokenizer) -> list:
+    import json
+
+    return json.loads(tokenizer.to_str())["model"]["merges"]
+
+
+def tiny_unet(family: Family = "sd", sample_size: int = 8, cross_attention_dim: int = 32, prediction_type_channels: int = 4, block_out_channels=(32, 64), pooled_dim: int = 32, attention_head_dim: int = 8):
+    """A tiny ``UNet2DConditionModel``; ``attention_head_dim`` is diffusers' legacy name for the number of heads."""
+    from diffusers import UNet2DConditionModel
+
+    kwargs = dict(
+        sample_size=sample_size,
+        in_channels=prediction_type_channels,
+        out_channels=prediction_type_channels,
+        layers_per_block=1,
+        block_out_channels=tuple(block_out_channels),
+        down_block_types=("CrossAttnDownBlock2D",) + ("DownBlock2D",) * (len(block_out_channels) - 1),
+        up_block_types=("UpBlock2D",) * (len(block_out_channels) - 1) + ("CrossAttnUpBlock2D",),
+        cross_attention_dim=cross_attention_dim,
+        attention_head_dim=attention_head_dim,
+        norm_num_groups=min(32, block_out_channels[0]),
+    )
+    if family == "sdxl":
+        kwargs.update(
+            addition_embed_type="text_time",
+            addition_time_embed_dim=8,
+            projection_class_embeddings_input_dim=6 * 8 + pooled_dim,
+            use_linear_projection=True,
+            transformer_layers_per_block=(1,) * len(block_out_channels),
+        )
+    return UNet2DConditionModel(**kwargs)
+
+
+def tiny_vae(downsample_blocks: int = 3, width: int = 32):
+    """A tiny ``AutoencoderKL``; ``downsample_blocks`` + 1 blocks give a 2**downsample_blocks scale factor."""
+    from diffusers import AutoencoderKL
+
+    blocks = downsample_blocks + 1
+    return AutoencoderKL(
+        latent_channels=4,
+        layers_per_block=1,
+        block_out_channels=(width,) * blocks,
+        norm_num_groups=min(32, width),
+        down_block_types=("DownEncoderBlock2D",) * blocks,
+        up_block_types=("UpDecoderBlock2D",) * blocks,
+        sample_size=8 * 2**downsample_blocks,
+    )
+
+
+def tiny_text_encoder(vocab_size: int, hidden_size: int = 32, with_projection: bool = False, projection_dim: int = 32):
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    config = CLIPTextConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=CLIP_MAX_LENGTH,
+        projection_dim=projection_dim,
+        bos_token_id=vocab_size - 2,
+        eos_token_id=vocab_size - 1,
+        pad_token_id=vocab_size - 1,
+    )
+    return (CLIPTextModelWithProjection if with_projection else CLIPTextModel)(config)
+
+
+def tiny_scheduler(prediction_type: str = "epsilon"):
+    """The SD1.5 / SDXL training schedule (scaled_linear 0.00085 -> 0.012, T = 1000) as a DDIM scheduler."""
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+        prediction_type=prediction_type,
+    )
+
+
+def build_tiny_pipeline(
+    family: Family = "sd",
+    prediction_type: str = "epsilon",
+    tokenizer=None,
+    latent_size: int = 8,
+    seed: int = 0,
+):
+    """A tiny SD1.x-like or SDXL-like pipeline with random weights (deterministic under ``seed``).
+
+    Images are ``latent_size * 8`` pixels square (the VAE downsamples by 8, as SD's does).
+    """
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    torch.manual_seed(seed)
+    tokenizer = tokenizer if tokenizer is not None else small_clip_tokenizer(_DEFAULT_CORPUS)
+    vocab_size = len(tokenizer)
+    vae = tiny_vae()
+    scheduler = tiny_scheduler(prediction_type)
+    if family == "sd":
+        unet = tiny_unet("sd", sample_size=latent_size, cross_attention_dim=32)
+        return StableDiffusionPipeline(
+            vae=vae,
+            text_encoder=tiny_text_encoder(vocab_size),
+            tokenizer=tokenizer,
+            unet=unet,
+            scheduler=scheduler,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+    if family == "sdxl":
+        # penultimate hidden states of both encoders are concatenated: 32 + 32 = 64 = cross_attention_dim
+        unet = tiny_unet("sdxl", sample_size=latent_size, cross_attention_dim=64, pooled_dim=32)
+        return StableDiffusionXLPipeline(
+            vae=vae,
+            text_encoder=tiny_text_encoder(vocab_size),
+            text_encoder_2=tiny_text_encoder(vocab_size, with_projection=True, projection_dim=32),
+            tokenizer=tokenizer,
+            tokenizer_2=tokenizer,
+            unet=unet,
+            scheduler=scheduler,
+        )
+    raise ValueError(f"family must be 'sd' or 'sdxl', got {family!r}")
+
+
+_DEFAULT_CORPUS = [
+    "a red circle on a blue background",
+    "a photo of a cat sitting on a green sofa",
+    "a small yellow square at the top left",
+    "a large purple triangle in the center",
+    "an astronaut corgi riding a horse on the moon",
+]

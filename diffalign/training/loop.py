@@ -1,0 +1,203 @@
+"""The shared training loop on accelerate. It knows nothing method-specific: the method computes a
+loss from a batch, the modality loads the model, reads the data and exports the result.
+
+Per optimiser step: ``gradient_accumulation_steps`` micro-batches (gradients synchronised across
+processes on the last one only), each loss divided by the accumulation steps, gradient norm clipped,
+one optimiser and scheduler step, metrics averaged over micro-batches and processes and appended to
+``metrics.jsonl``. Checkpoints are atomic and a resumed run continues exactly the sequence an
+uninterrupted one would have produced (``diffalign.training.sampling``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import contextlib
+import json
+import os
+import time
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from diffalign.methods.base import get_method_class
+from diffalign.training.checkpoints import read_state, resolve_resume, save_checkpoint
+from diffalign.training.config import TrainConfig
+from diffalign.training.metrics_log import MetricsLog
+from diffalign.training.modality import get_modality
+from diffalign.training.optim import build_lr_scheduler, build_optimizer, effective_learning_rate
+from diffalign.training.sampling import EpochIndexed, ShardedEpochBatches, step_generator
+
+MIXED_PRECISION_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+class NonFiniteLossError(FloatingPointError):
+    pass
+
+
+def build_method(config: TrainConfig):
+    """The method named by ``config.method`` with its config built from ``config.method_args``."""
+    method_class = get_method_class(config.method)
+    known = {field.name for field in dataclasses.fields(method_class.config_class)}
+    unknown = sorted(set(config.method_args) - known)
+    if unknown:
+        raise ValueError(f"method {config.method!r} has no option(s) {', '.join(unknown)}; its options: {', '.join(sorted(known)) or 'none'}")
+    return method_class(method_class.config_class(**config.method_args))
+
+
+def train(config: TrainConfig) -> dict[str, Any]:
+    """Train ``config.method`` on ``config.model`` and ``config.data``; returns a summary.
+
+    Writes ``<output_dir>/metrics.jsonl``, ``checkpoints/step-N``, ``run_config.json``,
+    ``data_report.json`` and the export (see the modality's ``export``).
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    if config.mixed_precision not in MIXED_PRECISION_DTYPES:
+        raise ValueError(f"--mixed-precision must be one of {', '.join(MIXED_PRECISION_DTYPES)}")
+    method = build_method(config)
+    modality = get_modality(method.modality)
+    accelerator = Accelerator(mixed_precision=config.mixed_precision, log_with=config.report_to or None,
+                              project_dir=config.output_dir)
+    set_seed(config.seed)
+    started = time.time()
+
+    model = modality.load_model(config, needs_reference=method.needs_reference)
+    model.place(accelerator.device, MIXED_PRECISION_DTYPES[config.mixed_precision])
+    dataset, collate = modality.build_dataset(config, method.data_format, model)
+    skipped = getattr(dataset, "skipped", None)
+
+    learning_rate = effective_learning_rate(config, accelerator.num_processes)
+    module = model.trainable_module()
+    optimizer = build_optimizer(config, module.parameters(), learning_rate)
+    lr_scheduler = build_lr_scheduler(config, optimizer)
+    prepared, optimizer = accelerator.prepare(module, optimizer)
+    accelerator.register_for_checkpointing(lr_scheduler)
+    model.set_trainable_module(prepared)
+
+    start_step = 0
+    checkpoint = resolve_resume(config.output_dir, config.resume_from)
+    if checkpoint is not None:
+        accelerator.load_state(checkpoint)
+        start_step = read_state(checkpoint)["step"]
+        accelerator.print(f"resumed from {checkpoint} at step {start_step}")
+    elif config.resume_from == "latest":
+        accelerator.print("no checkpoint in the output folder yet: starting a new run")
+
+    if accelerator.is_main_process:
+        os.makedirs(config.output_dir, exist_ok=True)
+        _write_run_files(config, method, accelerator, dataset, skipped, learning_rate)
+        if skipped is not None and skipped.total:
+            print(f"data: {skipped.summary()}")
+    metrics_log = MetricsLog(config.output_dir, start_step) if accelerator.is_main_process else None
+    if config.report_to:
+        accelerator.init_trackers("diffalign", config=_flat_config(config))
+
+    accumulation = config.gradient_accumulation_steps
+    batches = iter(DataLoader(
+        EpochIndexed(dataset),
+        batch_sampler=ShardedEpochBatches(len(dataset), config.train_batch_size, accelerator.process_index,
+                                          accelerator.num_processes, config.seed, start=start_step * accumulation),
+        collate_fn=collate,
+        num_workers=config.dataloader_num_workers,
+    ))
+    progress = tqdm(total=config.max_steps, initial=start_step, desc=f"{config.method}",
+                    disable=not (config.progress_bar and accelerator.is_local_main_process))
+    record: dict[str, Any] = {}
+    for step in range(start_step, config.max_steps):
+        totals: dict[str, torch.Tensor] = {}
+        for micro_step in range(accumulation):
+            batch = next(batches)
+            generator = step_generator(config.seed, step, micro_step, accelerator.process_index)
+            sync = micro_step == accumulation - 1
+            with accelerator.autocast(), (contextlib.nullcontext() if sync else accelerator.no_sync(prepared)):
+                output = method.compute_loss(model, batch, generator)
+                if not torch.isfinite(output.loss):
+                    raise NonFiniteLossError(
+                        f"step {step + 1}, micro-batch {micro_step + 1}: the loss is {output.loss.item()} "
+                        f"(prompts: {batch.get('prompts', '?')!r:.200}); lower the learning rate or use fp32/bf16"
+                    )
+                accelerator.backward(output.loss / accumulation)
+            for name, value in {"loss": output.loss.detach(), **output.metrics}.items():
+                totals[name] = totals.get(name, 0.0) + value.detach().float() / accumulation
+        grad_norm = accelerator.clip_grad_norm_(prepared.parameters(), config.max_grad_norm)
+        optimizer.step()
+        lr_scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+
+        record = {"step": step + 1, **_mean_across_processes(accelerator, totals),
+                  "lr": lr_scheduler.get_last_lr()[0], "grad_norm": float(grad_norm)}
+        if metrics_log is not None:
+            metrics_log.write(record)
+        if config.report_to:
+            accelerator.log({key: value for key, value in record.items() if key != "step"}, step=step + 1)
+        progress.update(1)
+        progress.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
+        if (step + 1) % config.checkpointing_steps == 0 or step + 1 == config.max_steps:
+            save_checkpoint(accelerator, config.output_dir, step + 1, {"step": step + 1},
+                            config.checkpoints_total_limit)
+    progress.close()
+
+    unwrapped = accelerator.unwrap_model(prepared)
+    checksums = accelerator.gather(_parameter_checksum(unwrapped).reshape(1)).tolist()
+    if accelerator.is_main_process:
+        model.export(config.output_dir, unwrapped)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    summary = {
+        "method": config.method,
+        "steps": config.max_steps,
+        "resumed_from_step": start_step,
+        "world_size": accelerator.num_processes,
+        "parameter_checksums": checksums,
+        "final_metrics": record,
+        "seconds": round(time.time() - started, 2),
+        "output_dir": config.output_dir,
+    }
+    if accelerator.is_main_process:
+        with open(os.path.join(config.output_dir, "train_summary.json"), "w") as handle:
+            json.dump(summary, handle, indent=2)
+    return summary
+
+
+def _mean_across_processes(accelerator, totals: dict[str, torch.Tensor]) -> dict[str, float]:
+    names = sorted(totals)
+    stacked = torch.stack([torch.as_tensor(totals[name], dtype=torch.float32) for name in names]).to(accelerator.device)
+    reduced = accelerator.reduce(stacked, reduction="mean") if accelerator.num_processes > 1 else stacked
+    return {name: float(value) for name, value in zip(names, reduced.tolist())}
+
+
+def _parameter_checksum(module: torch.nn.Module) -> torch.Tensor:
+    """Sum of all trainable parameters in float64: equal on every process iff they stayed in sync."""
+    total = torch.zeros((), dtype=torch.float64, device=next(module.parameters()).device)
+    for parameter in module.parameters():
+        if parameter.requires_grad:
+            total += parameter.detach().double().sum()
+    return total
+
+
+def _flat_config(config: TrainConfig) -> dict:
+    flat = {key: value for key, value in dataclasses.asdict(config).items() if key != "method_args"}
+    flat.update({f"method.{key}": value for key, value in config.method_args.items()})
+    return {key: (value if isinstance(value, (int, float, str, bool)) else str(value)) for key, value in flat.items()}
+
+
+def _write_run_files(config, method, accelerator, dataset, skipped, learning_rate) -> None:
+    run = {
+        "train_config": dataclasses.asdict(config),
+        "method_config": dataclasses.asdict(method.config),
+        "world_size": accelerator.num_processes,
+        "effective_learning_rate": learning_rate,
+        "effective_batch_size": config.train_batch_size * config.gradient_accumulation_steps * accelerator.num_processes,
+    }
+    with open(os.path.join(config.output_dir, "run_config.json"), "w") as handle:
+        json.dump(run, handle, indent=2, default=str)
+    report = {"rows": len(dataset), "skipped": skipped.counts if skipped is not None else {},
+              "skipped_first_examples": skipped.examples if skipped is not None else {}}
+    with open(os.path.join(config.output_dir, "data_report.json"), "w") as handle:
+        json.dump(report, handle, indent=2)
+
+
+__all__ = ["NonFiniteLossError", "build_method", "train"]

@@ -1,0 +1,1 @@
+"""Installed as diffalign.pipelines (DESIGN.md §2)."""

@@ -1,0 +1,178 @@
+"""The scorer interface shared by HPSv2, UnifiedReward, PickScore and the toy judge.
+
+- A pointwise ``Scorer`` maps (image, prompt) pairs to one float each: ``score(images, prompts)``
+  returns a float32 tensor of shape (N,). Higher is better.
+- A ``PairwiseScorer`` judges two images for the same prompt: ``compare(images_a, images_b, prompts)``
+  returns a ``PairwiseResult``.
+
+Scorers register by name (``@register_scorer``) so the CLI and the pair builder can find them. The
+registry imports the built-in scorer modules lazily, on the first lookup, so that importing
+``diffalign.rewards`` stays cheap and scorers of other packages (the toy judge) are found too.
+
+Helpers shared by the implementations: ``batched`` (fixed-size chunks with a tqdm bar),
+``resolve_device`` / ``resolve_dtype`` and the position-swap utilities ``mean_preference`` /
+``merge_orders`` used to cancel a pairwise judge's position bias.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Callable, ClassVar, Iterator, Sequence, TypeVar
+
+import torch
+from PIL import Image
+
+T = TypeVar("T")
+
+
+class Scorer(ABC):
+    """Pointwise reward: higher is better."""
+
+    name: ClassVar[str]
+
+    @abstractmethod
+    def score(self, images: Sequence[Image.Image], prompts: Sequence[str]) -> torch.Tensor:
+        """Float32 tensor of shape (len(images),); ``prompts[i]`` belongs to ``images[i]``."""
+
+
+@dataclass
+class PairwiseResult:
+    """Per-pair verdicts of a pairwise judge.
+
+    Attributes:
+        preference: int64 (N,), 1 if A wins, -1 if B wins, 0 for a tie (or an unparsable verdict).
+        probability_a: float32 (N,), P(A preferred) where the judge gives one, else NaN.
+        unparsable: how many verdicts could not be parsed (counted as ties).
+    """
+
+    preference: torch.Tensor
+    probability_a: torch.Tensor
+    unparsable: int = 0
+
+
+class PairwiseScorer(ABC):
+    """Judges which of two images better fits the prompt."""
+
+    name: ClassVar[str]
+
+    @abstractmethod
+    def compare(
+        self, images_a: Sequence[Image.Image], images_b: Sequence[Image.Image], prompts: Sequence[str]
+    ) -> PairwiseResult: ...
+
+
+# ----------------------------------------------------------------------------------------- registry
+
+_REGISTRY: dict[str, Callable[..., Scorer | PairwiseScorer]] = {}
+
+# Modules whose import registers scorers; optional ones are skipped when not installed.
+_BUILTIN_MODULES = ("diffalign.rewards.hpsv2", "diffalign.rewards.pickscore", "diffalign.rewards.unifiedreward")
+_OPTIONAL_MODULES = ("diffalign.toy.judge",)
+_builtins_loaded = False
+
+
+def register_scorer(name: str):
+    """Decorator registering a scorer class (or factory) under ``name``."""
+
+    def decorate(factory):
+        if name in _REGISTRY and _REGISTRY[name] is not factory:
+            raise ValueError(f"scorer name {name!r} is already registered")
+        _REGISTRY[name] = factory
+        return factory
+
+    return decorate
+
+
+def _load_builtin_scorers() -> None:
+    global _builtins_loaded
+    if _builtins_loaded:
+        return
+    _builtins_loaded = True
+    for module in _BUILTIN_MODULES:
+        importlib.import_module(module)
+    for module in _OPTIONAL_MODULES:
+        package = module.rpartition(".")[0]
+        if importlib.util.find_spec(package) is not None and importlib.util.find_spec(module) is not None:
+            importlib.import_module(module)
+
+
+def registered_scorers() -> dict[str, Callable[..., Scorer | PairwiseScorer]]:
+    _load_builtin_scorers()
+    return dict(sorted(_REGISTRY.items()))
+
+
+def get_scorer(name: str, **options) -> Scorer | PairwiseScorer:
+    """Build the scorer registered as ``name`` with its options (checkpoint, device, ...)."""
+    _load_builtin_scorers()
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown scorer {name!r}; registered scorers: {', '.join(sorted(_REGISTRY)) or 'none'}")
+    return _REGISTRY[name](**options)
+
+
+# ------------------------------------------------------------------------------------------ helpers
+
+
+def batched(items: Sequence[T], batch_size: int, desc: str | None = None, progress: bool = True) -> Iterator[Sequence[T]]:
+    """Consecutive chunks of ``batch_size`` items, with a tqdm bar counting items when ``progress``."""
+    from tqdm.auto import tqdm
+
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    with tqdm(total=len(items), desc=desc, unit="img", disable=not progress or len(items) <= batch_size, leave=False) as bar:
+        for start in range(0, len(items), batch_size):
+            chunk = items[start : start + batch_size]
+            yield chunk
+            bar.update(len(chunk))
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None`` picks CUDA when available, else CPU."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """``None`` gives float16 on CUDA and float32 elsewhere; strings such as ``"bf16"`` are accepted."""
+    if dtype is None:
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in _DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(_DTYPES)}")
+    return _DTYPES[dtype]
+
+
+def check_lengths(**sequences: Sequence) -> int:
+    """The common length of the named sequences; a ``ValueError`` naming them when they differ."""
+    lengths = {name: len(values) for name, values in sequences.items()}
+    if len(set(lengths.values())) > 1:
+        raise ValueError("length mismatch: " + ", ".join(f"{name}={n}" for name, n in lengths.items()))
+    return next(iter(lengths.values()))
+
+
+def mean_preference(ab: PairwiseResult, ba: PairwiseResult) -> torch.Tensor:
+    """Float preference for A in [-1, 1] averaged over both presentation orders (``ba`` judged B first)."""
+    return (ab.preference - ba.preference).float() / 2
+
+
+def merge_orders(ab: PairwiseResult, ba: PairwiseResult) -> PairwiseResult:
+    """One verdict per pair from both orders: the sign of the mean preference, so a judge that always
+    picks the first image yields ties; probabilities average P(A) over the two orders (NaN if absent)."""
+    preference = torch.sign(mean_preference(ab, ba)).long()
+    probability_a = (ab.probability_a + (1 - ba.probability_a)) / 2
+    return PairwiseResult(preference, probability_a.float(), ab.unparsable + ba.unparsable)
+
+
+def compare_both_orders(
+    scorer: PairwiseScorer, images_a: Sequence[Image.Image], images_b: Sequence[Image.Image], prompts: Sequence[str]
+) -> PairwiseResult:
+    """Judge every pair as (A, B) and as (B, A) and merge the verdicts (``merge_orders``)."""
+    return merge_orders(scorer.compare(images_a, images_b, prompts), scorer.compare(images_b, images_a, prompts))

@@ -1,0 +1,72 @@
+"""Local VLM judge backend: greedy generation with a transformers image-text-to-text model.
+
+Serves the Qwen2.5-VL UnifiedReward checkpoints (``CodeGoat24/UnifiedReward-qwen-7b``, ...) from a
+local folder or hub id through ``AutoProcessor`` + ``AutoModelForImageTextToText``. One chat message
+per request holds the images first, then the instruction, as the official inference scripts send it.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from PIL import Image
+
+from diffalign.rewards.base import batched, resolve_device, resolve_dtype
+from diffalign.rewards.images import to_rgb
+
+JudgeRequest = tuple[Sequence[Image.Image], str]
+
+
+class TransformersJudge:
+    """Greedy-decoding VLM judge.
+
+    Args:
+        model: local folder or hub id of a model with a chat template and an image processor.
+        device, dtype: default CUDA + bfloat16 when available, else CPU float32.
+        batch_size: requests per ``generate`` call (left-padded).
+        max_new_tokens: generation budget per answer.
+        progress: show a tqdm bar over requests.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+        batch_size: int = 4,
+        max_new_tokens: int = 1024,
+        progress: bool = True,
+    ):
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        self.device = resolve_device(device)
+        self.dtype = torch.bfloat16 if dtype is None and self.device.type == "cuda" else resolve_dtype(dtype, self.device)
+        try:
+            self.processor = AutoProcessor.from_pretrained(model)
+            self.model = AutoModelForImageTextToText.from_pretrained(model, dtype=self.dtype)
+        except (OSError, ValueError) as error:
+            raise ValueError(f"cannot load judge model {model!r}: {error}") from error
+        self.processor.tokenizer.padding_side = "left"
+        self.model.to(self.device).eval()
+        self.batch_size = batch_size
+        self.max_new_tokens = max_new_tokens
+        self.progress = progress
+
+    def _chat_text(self, num_images: int, text: str) -> str:
+        content = [{"type": "image"} for _ in range(num_images)] + [{"type": "text", "text": text}]
+        messages = [{"role": "user", "content": content}]
+        return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+    @torch.inference_mode()
+    def generate(self, requests: Sequence[JudgeRequest]) -> list[str]:
+        """The decoded answer (new tokens only, special tokens dropped) for each (images, text) request."""
+        answers: list[str] = []
+        for chunk in batched(list(requests), self.batch_size, desc="judge", progress=self.progress):
+            texts = [self._chat_text(len(images), text) for images, text in chunk]
+            images = [[to_rgb(image) for image in request_images] for request_images, _ in chunk]
+            inputs = self.processor(text=texts, images=images, padding=True, return_tensors="pt").to(self.device)
+            output = self.model.generate(**inputs, do_sample=False, max_new_tokens=self.max_new_tokens)
+            new_tokens = output[:, inputs["input_ids"].shape[1] :]
+            answers += self.processor.batch_decode(new_tokens, skip_special_tokens=True)
+        return answers

@@ -1,0 +1,62 @@
+"""Shared fixtures: tiny SD1.x-like and SDXL-like pipelines saved to disk (loaded back through the real
+``from_pretrained`` path) and a small preference dataset of generated images. No hub access."""
+
+import json
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import diffalign  # noqa: E402,F401  (torchvision CPU shim before anything imports torchvision)
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """``tiny_model_dir(family, prediction_type="epsilon")`` -> path of a saved tiny pipeline."""
+    from diffalign.toy.tiny import build_tiny_pipeline
+
+    built = {}
+
+    def get(family: str, prediction_type: str = "epsilon") -> str:
+        key = (family, prediction_type)
+        if key not in built:
+            path = tmp_path_factory.mktemp(f"tiny-{family}-{prediction_type}")
+            build_tiny_pipeline(family, prediction_type=prediction_type).save_pretrained(path)
+            built[key] = str(path)
+        return built[key]
+
+    return get
+
+
+def write_pair_images(folder, count: int, size: int = 64, seed: int = 0) -> list[dict]:
+    """``count`` random image pairs saved as PNG under ``folder/img``; returns jsonl records."""
+    rng = np.random.default_rng(seed)
+    os.makedirs(os.path.join(folder, "img"), exist_ok=True)
+    records = []
+    for index in range(count):
+        names = []
+        for side in ("a", "b"):
+            name = f"img/{index}{side}.png"
+            Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(os.path.join(folder, name))
+            names.append(name)
+        records.append({"prompt": f"a red circle number {index}", "chosen": names[0], "rejected": names[1]})
+    return records
+
+
+def write_jsonl(path, records) -> str:
+    with open(path, "w") as handle:
+        for record in records:
+            handle.write(json.dumps(record) + "\n")
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def pair_jsonl(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("pairs")
+    return write_jsonl(folder / "pairs.jsonl", write_pair_images(folder, 8))
