@@ -95,6 +95,10 @@ def run_train(args, argv: Sequence[str]) -> int:
         summary = train(config)
     except (UnknownMethodError, ModelLoadError, DataError, AttentionBackendError, FileNotFoundError, ValueError) as error:
         raise UsageError(str(error)) from error
+    from accelerate import PartialState
+
+    if not PartialState().is_main_process:
+        return 0
     metrics = summary["final_metrics"]
     shown = ", ".join(f"{key}={value:.4g}" for key, value in metrics.items() if key in ("loss", "rewards/accuracies"))
     print(f"trained {summary['method']} for {summary['steps']} steps in {summary['seconds']} s ({shown}); "

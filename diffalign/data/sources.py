@@ -51,7 +51,12 @@ class ImageSource:
     skipped: SkipReport
 
     def image(self, row: int, field: str):
-        return decode_image(self.table[row][field], f"{self.name}: row {row}, field {field!r}", self.base_dir)
+        return decode_image(self.table[row][field], f"{self.name}: {row_name(self.table, row)}, field {field!r}", self.base_dir)
+
+
+def row_name(table, row: int) -> str:
+    """How errors name a row: jsonl records count from 1 (blank lines skipped), dataset rows from 0."""
+    return f"record {row + 1}" if isinstance(table, list) else f"row {row}"
 
 
 def load_image_source(data: str, split: str = "train", need_scores: bool = False, single_images: bool = False,
@@ -60,10 +65,10 @@ def load_image_source(data: str, split: str = "train", need_scores: bool = False
     if not data:
         raise DataError("no data given: pass --data PATH_OR_HUB_ID")
     if data.endswith((".jsonl", ".json")) and os.path.isfile(data):
-        table = _read_jsonl(data)
+        table = read_jsonl(data)
         base_dir = os.path.dirname(os.path.abspath(data))
     else:
-        table = _load_hf_dataset(data, split)
+        table = load_hf_dataset(data, split)
         base_dir = data if os.path.isdir(data) else None
     skipped = SkipReport()
     rows = _resolve_rows(data, table, need_scores, single_images, skip_bad_rows, skipped)
@@ -77,7 +82,7 @@ def load_image_source(data: str, split: str = "train", need_scores: bool = False
     return source
 
 
-def _read_jsonl(path: str) -> list[dict]:
+def read_jsonl(path: str) -> list[dict]:
     table = []
     with open(path, encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):
@@ -93,7 +98,7 @@ def _read_jsonl(path: str) -> list[dict]:
     return table
 
 
-def _load_hf_dataset(data: str, split: str):
+def load_hf_dataset(data: str, split: str):
     import datasets
 
     try:
@@ -165,7 +170,7 @@ def _resolve_rows(name, table, need_scores, single_images, skip_bad_rows, skippe
 def _resolve_jsonl_rows(name, table, need_scores, single_images, skip_bad_rows, skipped) -> list[ImageRow]:
     rows = []
     for index, record in enumerate(table):
-        where = f"{name}: record {index + 1}"
+        where = f"{name}: {row_name(table, index)}"
         try:
             prompt = _prompt(record.get("prompt"), name, index, "prompt", where)
             if "image" in record and "chosen" not in record:

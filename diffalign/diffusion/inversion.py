@@ -179,8 +179,8 @@ def ddim_invert(
         if exact_t:
             dest = torch.where(steps[rows] == k + 1, timesteps[rows], dest)
         source = torch.full_like(rows, a)
-        src_coef = _sqrt_pair(abar, source, z)
-        dst_coef = _sqrt_pair(abar, dest, z)
+        src_coef = _signal_noise_scales(abar, source, z)
+        dst_coef = _signal_noise_scales(abar, dest, z)
         z_rows = z[rows]
         estimates = [eps_model(z_rows, source, rows).float()]
         for _ in range(renoise_steps):
@@ -190,11 +190,11 @@ def ddim_invert(
         eps = estimates[0] if len(estimates) == 1 else torch.stack(estimates).mean(dim=0)
         z_rows = _inverse_step(z_rows, eps, src_coef, dst_coef, clip_sample, clip_sample_range)
         if eta > 0:
-            sigma = inverse_step_variance(abar, source.cpu(), dest.cpu()).sqrt()
+            scale = (eta * inverse_step_variance(abar, source.cpu(), dest.cpu()).sqrt()).to(z.device, torch.float32)
             xi = torch.randn(z_rows.shape, generator=generator, device=generator.device if generator is not None else "cpu")
-            z_rows = z_rows + (eta * sigma).to(torch.float32).to(z.device).reshape(-1, *[1] * (z.dim() - 1)) * xi.to(z.device)
+            z_rows = z_rows + scale.reshape(-1, *[1] * (z.dim() - 1)) * xi.to(z.device)
         z = z.index_copy(0, rows, z_rows)
-    sqrt_abar_t, sqrt_one_minus_abar_t = _sqrt_pair(abar, timesteps, z)
+    sqrt_abar_t, sqrt_one_minus_abar_t = _signal_noise_scales(abar, timesteps, z)
     target = (z - sqrt_abar_t * x0) / sqrt_one_minus_abar_t
     return InversionResult(latents=z, target=target, levels=levels, image_forwards=image_forwards)
 
@@ -205,7 +205,7 @@ def _abar(abar: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
     return abar.to(timesteps.device)[timesteps.long().clamp(min=0)]
 
 
-def _sqrt_pair(abar: torch.Tensor, timesteps: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _signal_noise_scales(abar: torch.Tensor, timesteps: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(sqrt(abar_t), sqrt(1 - abar_t)) computed in float64, rounded once to float32, shaped to
     broadcast against ``like`` (b, C, H, W)."""
     values = _abar(abar, timesteps.cpu())

@@ -34,10 +34,14 @@ class DiffusionDPO(PairwiseDenoisingMethod):
 
     def objective(self, model, pair, policy_chosen, policy_rejected, batch):
         ref_chosen, ref_rejected = pair.logps(model.reference(pair.noisy, pair.timesteps, pair.cond))
-        output = dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta=self.config.beta,
+        output = dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta=self.beta_for(model),
                           sample_weight=self.sample_weight(batch))
         output.metrics.update(reference_metrics(ref_chosen, ref_rejected))
         return output
+
+    def beta_for(self, model) -> float:
+        """beta for this model (InPO/SmPO pick the official value per model family)."""
+        return self.config.beta
 
     def sample_weight(self, batch):
         """Per-pair multiplier of beta (None = 1); SmPO's smoothed weight overrides this."""

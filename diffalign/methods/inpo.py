@@ -36,9 +36,7 @@ import torch
 
 from diffalign.diffusion.inversion import ddim_invert, inversion_grid
 from diffalign.methods.base import MethodConfig, register_method
-from diffalign.methods.denoising import reference_metrics
 from diffalign.methods.diffusion_dpo import DiffusionDPO
-from diffalign.objectives import dpo_loss
 
 FAMILY_BETA = {"sd": 2000.0, "sdxl": 5000.0}
 """beta of the official SmPO / InPO launchers per model family (spec §4.4, §5.3, Q4)."""
@@ -111,10 +109,7 @@ class InversionDPO(DiffusionDPO):
         return result.latents, result.target
 
     def objective(self, model, pair, policy_chosen, policy_rejected, batch):
-        ref_chosen, ref_rejected = pair.logps(model.reference(pair.noisy, pair.timesteps, pair.cond))
-        output = dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta=self.beta_for(model),
-                          sample_weight=self.sample_weight(batch))
-        output.metrics.update(reference_metrics(ref_chosen, ref_rejected))
+        output = super().objective(model, pair, policy_chosen, policy_rejected, batch)
         output.metrics["inversion/image_forwards"] = torch.tensor(float(self._inversion_forwards))
         return output
 

@@ -8,7 +8,8 @@ package imports only torch.
   ``dpo_loss`` is its sigmoid case with a reference.
 - ``odds_ratio_loss``: ORPO's term; ``unpaired_loss`` + ``kto_ref_point``: KTO;
   ``lipo_lambda_loss``: LiPO-lambda; ``sft_loss``: the NLL term (RPO, CPO, ORPO);
-  ``combine_losses``: weighted sums; ``mapo_loss``: MaPO (diffusion).
+  ``combine_losses``: weighted sums; ``mapo_loss``: MaPO (diffusion);
+  ``smoothed_preference_weight``: SmPO's per-pair weight from reward scores, for any pairwise loss.
 """
 
 from diffalign.objectives.combine import combine_losses
@@ -20,6 +21,7 @@ from diffalign.objectives.orpo import log1mexp, odds_ratio_loss
 from diffalign.objectives.output import ObjectiveOutput
 from diffalign.objectives.pairwise import PAIRWISE_LOSSES, f_divergence_score, pairwise_loss
 from diffalign.objectives.sft import sft_loss
+from diffalign.objectives.smoothing import order_by_score, smoothed_preference, smoothed_preference_weight, smoothing_weight
 from diffalign.objectives.unpaired import UNPAIRED_LOSSES, kto_ref_point, unpaired_loss
 
 __all__ = [
@@ -38,6 +40,10 @@ __all__ = [
     "odds_ratio_loss",
     "pairwise_loss",
     "preference_metrics",
+    "order_by_score",
     "sft_loss",
+    "smoothed_preference",
+    "smoothed_preference_weight",
+    "smoothing_weight",
     "unpaired_loss",
 ]

@@ -8,7 +8,7 @@ from typing import Any, Callable
 from torch.utils.data import Dataset
 
 from diffalign.data.errors import DataError
-from diffalign.data.sources import _load_hf_dataset, _read_jsonl
+from diffalign.data.sources import load_hf_dataset, read_jsonl
 from diffalign.text.data import TextCollator, build_text_dataset
 from diffalign.text.model import TextModel
 from diffalign.training.config import TrainConfig
@@ -58,7 +58,7 @@ class TextModality(Modality):
     def build_dataset(self, config: TrainConfig, data_format: str, model: TextModel) -> tuple[Dataset, Callable[[list[Any]], Any]]:
         if not config.data:
             raise DataError("no data given: pass --data PATH_OR_HUB_ID")
-        table = _read_jsonl(config.data) if config.data.endswith((".jsonl", ".json")) else _load_hf_dataset(config.data, config.data_split)
+        table = read_jsonl(config.data) if config.data.endswith((".jsonl", ".json")) else load_hf_dataset(config.data, config.data_split)
         max_length = config.method_args.get("max_length", DEFAULT_MAX_LENGTH)
         dataset = build_text_dataset(table, config.data, data_format, model.tokenizer, max_length,
                                      config.skip_bad_rows, config.max_train_samples)

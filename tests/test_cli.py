@@ -1,0 +1,60 @@
+"""The ``diffalign`` command: methods listing, train with flags and YAML, clear user errors (exit 2)."""
+
+import json
+
+import pytest
+import yaml
+
+from diffalign.cli import main, parse_train_config
+
+
+def test_methods_lists_every_registered_method(capsys):
+    assert main(["methods"]) == 0
+    out = capsys.readouterr().out
+    for name in ("diffusion-dpo", "mapo", "sft"):
+        assert name in out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--method", "nope", "--model", "m", "--data", "d"], "unknown method 'nope'"),
+    (["train", "--method", "mapo", "--model", "/no/such/model", "--data", "d"], "neither a local diffusers pipeline folder"),
+    (["train", "--method", "mapo", "--data", "d"], "--model is required"),
+])
+def test_user_errors_exit_2(capsys, argv, message):
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_missing_data_path_exits_2(capsys, tiny_model_dir, tmp_path):
+    argv = ["train", "--method", "sft", "--model", tiny_model_dir("sd"), "--data", str(tmp_path / "missing"),
+            "--output-dir", str(tmp_path / "out"), "--resolution", "64"]
+    assert main(argv) == 2
+    assert "data" in capsys.readouterr().err
+
+
+def test_yaml_config_and_flag_override(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump({"method": "diffusion-dpo", "model": "m", "data": "d", "learning_rate": 2e-5,
+                                    "beta": 2000, "max_steps": 7}))
+    config = parse_train_config(["--config", str(path), "--max-steps", "9", "--lora-rank", "4"])
+    assert (config.method, config.learning_rate, config.max_steps, config.lora_rank) == ("diffusion-dpo", 2e-5, 9, 4)
+    assert config.method_args == {"beta": 2000}
+    config = parse_train_config(["--config", str(path), "--beta", "5000"])
+    assert config.method_args == {"beta": 5000.0}
+
+
+def test_unknown_yaml_key_is_an_error(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump({"model": "m", "data": "d", "learning_rat": 1}))
+    assert main(["train", "--config", str(path)]) == 2
+
+
+def test_train_through_the_cli(tiny_model_dir, pair_jsonl, tmp_path, capsys):
+    argv = ["train", "--method", "mapo", "--model", tiny_model_dir("sd"), "--data", pair_jsonl, "--resolution", "64",
+            "--max-steps", "2", "--train-batch-size", "2", "--output-dir", str(tmp_path), "--beta", "0.2",
+            "--no-progress-bar"]
+    assert main(argv) == 0
+    assert "trained mapo for 2 steps" in capsys.readouterr().out
+    run = json.loads((tmp_path / "run_config.json").read_text())
+    assert run["method_config"]["beta"] == 0.2
+    assert (tmp_path / "model_index.json").exists()
