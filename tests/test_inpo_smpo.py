@@ -19,15 +19,6 @@ from diffalign.methods.smpo import SmPO, SmPOConfig
 LN2 = math.log(2)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny UNets run ~50x faster on one thread than on two contended ones (shared CI cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def load(tiny_model_dir):
     def get(family, lora=False):

