@@ -3,6 +3,8 @@ exports that reload into diffusers pipelines, exact resume, atomic checkpoints, 
 
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -88,3 +90,19 @@ def test_non_finite_loss_is_a_clear_error(tiny_model_dir, pair_jsonl, tmp_path):
 def test_unknown_method_option(tiny_model_dir, pair_jsonl, tmp_path):
     with pytest.raises(ValueError, match="method 'mapo' has no option"):
         train(config_for(tiny_model_dir("sd"), pair_jsonl, tmp_path, method="mapo", method_args={"gamma": 1}))
+
+
+def test_bf16_mixed_precision_starts_at_ln2(tiny_model_dir, pair_jsonl, tmp_path):
+    # a subprocess: accelerate keeps one mixed-precision setting per process
+    command = [sys.executable, "-m", "diffalign", "train", "--method", "diffusion-dpo", "--model", tiny_model_dir("sd"),
+               "--data", pair_jsonl, "--resolution", "64", "--max-steps", "1", "--train-batch-size", "2",
+               "--lora-rank", "4", "--mixed-precision", "bf16", "--output-dir", str(tmp_path), "--no-progress-bar"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert read_metrics(tmp_path)[0]["loss"] == pytest.approx(0.6931472, abs=1e-6)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only error")
+def test_fp16_needs_cuda(tiny_model_dir, pair_jsonl, tmp_path):
+    with pytest.raises(ValueError, match="fp16 needs a CUDA GPU"):
+        train(config_for(tiny_model_dir("sd"), pair_jsonl, tmp_path, mixed_precision="fp16"))

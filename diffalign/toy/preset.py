@@ -86,7 +86,7 @@ def load_toy_pipeline(path: str | Path | None = None):
             f"no diffusers pipeline at {path} (model_index.json missing); rebuild the toy preset with "
             f"`diffalign toy pretrain --output {TOY_MODEL_DIR}`"
         )
-    pipe = StableDiffusionPipeline.from_pretrained(str(path), torch_dtype=torch.float32, safety_checker=None, requires_safety_checker=False)
+    pipe = StableDiffusionPipeline.from_pretrained(str(path), safety_checker=None, requires_safety_checker=False)  # float32 as saved
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

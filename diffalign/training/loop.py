@@ -57,6 +57,8 @@ def train(config: TrainConfig) -> dict[str, Any]:
 
     if config.mixed_precision not in MIXED_PRECISION_DTYPES:
         raise ValueError(f"--mixed-precision must be one of {', '.join(MIXED_PRECISION_DTYPES)}")
+    if config.mixed_precision == "fp16" and not torch.cuda.is_available():
+        raise ValueError("--mixed-precision fp16 needs a CUDA GPU (CPU autocast does not cover it); use bf16 or no")
     method = build_method(config)
     modality = get_modality(method.modality)
     accelerator = Accelerator(mixed_precision=config.mixed_precision, log_with=config.report_to or None,
