@@ -20,7 +20,7 @@ def add_toy_command(subparsers) -> None:
     )
     defaults = PretrainConfig()
     pretrain.add_argument("--output", default=str(TOY_MODEL_DIR), help="folder of the diffusers pipeline to write")
-    for name in ("seed", "images_per_caption", "vae_steps", "vae_batch", "unet_steps", "unet_batch", "threads"):
+    for name in ("seed", "images_per_caption", "vae_steps", "vae_batch", "unet_steps", "unet_batch", "max_captions", "threads"):
         pretrain.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
     for name in ("vae_lr", "kl_weight", "unet_lr", "caption_dropout"):
         pretrain.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(defaults, name))
