@@ -86,7 +86,7 @@ def run_methods(args) -> int:
 def run_train(args, argv: Sequence[str]) -> int:
     from diffalign.data import DataError
     from diffalign.diffusion.attention import AttentionBackendError
-    from diffalign.diffusion.model import ModelLoadError
+    from diffalign.errors import ModelLoadError
     from diffalign.methods.base import UnknownMethodError
     from diffalign.training import train
 

@@ -19,6 +19,7 @@ def test_methods_lists_every_registered_method(capsys):
     (["train", "--method", "nope", "--model", "m", "--data", "d"], "unknown method 'nope'"),
     (["train", "--method", "mapo", "--model", "/no/such/model", "--data", "d"], "neither a local diffusers pipeline folder"),
     (["train", "--method", "mapo", "--data", "d"], "--model is required"),
+    (["train", "--method", "text-dpo", "--model", "/no/such/lm", "--data", "d"], "could not load the causal LM"),
 ])
 def test_user_errors_exit_2(capsys, argv, message):
     assert main(argv) == 2

@@ -25,13 +25,10 @@ import torch
 from diffalign.diffusion.attention import set_attention_backend
 from diffalign.diffusion.conditioning import Conditioning, encode_sd_prompts, encode_sdxl_prompts
 from diffalign.diffusion.noising import add_noise, velocity
+from diffalign.errors import ModelLoadError
 
 FAMILIES = {"StableDiffusionPipeline": "sd", "StableDiffusionXLPipeline": "sdxl"}
 DEFAULT_LORA_TARGETS = ["to_k", "to_q", "to_v", "to_out.0"]
-
-
-class ModelLoadError(ValueError):
-    pass
 
 
 @dataclass

@@ -9,6 +9,7 @@ from torch.utils.data import Dataset
 
 from diffalign.data.errors import DataError
 from diffalign.data.sources import load_hf_dataset, read_jsonl
+from diffalign.errors import ModelLoadError
 from diffalign.text.data import TextCollator, build_text_dataset
 from diffalign.text.model import TextModel
 from diffalign.training.config import TrainConfig
@@ -39,7 +40,12 @@ class TextModality(Modality):
             raise DataError("no model given: pass --model PATH_OR_HUB_ID (a causal LM folder)")
         if config.attention not in ATTENTION:
             raise ValueError(f"--attention {config.attention!r} is not available for text models; use sdpa or native")
-        policy = AutoModelForCausalLM.from_pretrained(config.model, revision=config.revision, attn_implementation=ATTENTION[config.attention])
+        try:
+            policy = AutoModelForCausalLM.from_pretrained(config.model, revision=config.revision,
+                                                          attn_implementation=ATTENTION[config.attention])
+            tokenizer = load_tokenizer(config.model, config.revision)
+        except (OSError, ValueError) as error:
+            raise ModelLoadError(f"could not load the causal LM {config.model!r}: {error}") from error
         if config.gradient_checkpointing:
             policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         lora = config.lora_rank > 0
@@ -53,7 +59,7 @@ class TextModality(Modality):
         reference = None
         if needs_reference:
             reference = config.reference if config.reference != "auto" else ("adapters" if lora else "copy")
-        return TextModel(policy, load_tokenizer(config.model, config.revision), reference=reference, lora=lora)
+        return TextModel(policy, tokenizer, reference=reference, lora=lora)
 
     def build_dataset(self, config: TrainConfig, data_format: str, model: TextModel) -> tuple[Dataset, Callable[[list[Any]], Any]]:
         if not config.data:

@@ -64,7 +64,7 @@ def add_demo_command(subparsers) -> None:
     for name in ("train_prompts", "candidates", "eval_prompts", "eval_seeds", "steps", "batch_size", "generation_batch", "grid_prompts", "seed"):
         demo.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
     demo.add_argument("--learning-rate", type=float, default=None, help="default: the toy setting of the method")
-    demo.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    demo.add_argument("--threads", type=int, default=defaults.threads, help="torch threads (0: torch's default)")
     demo.add_argument("--method-arg", action="append", type=_key_value, default=[], metavar="KEY=VALUE",
                       help="a method option, e.g. --method-arg beta=2500 (repeatable)")
     demo.add_argument("--no-progress", action="store_true", help="hide the progress bars")

@@ -66,7 +66,7 @@ class DemoConfig:
     generation_batch: int = 64
     grid_prompts: int = 8
     seed: int = 0
-    threads: Optional[int] = None  # torch.set_num_threads; None keeps torch's default
+    threads: Optional[int] = 1  # torch.set_num_threads (1: robust on shared machines, deterministic); None keeps torch's default
     progress: bool = True
 
 
