@@ -171,7 +171,12 @@ def _add_dataclass_flags(group, cls, skip=frozenset()) -> None:
             continue
         flag = "--" + field.name.replace("_", "-")
         kind = _unwrap_optional(hints[field.name])
-        default = field.default if field.default is not dataclasses.MISSING else None
+        if field.default is not dataclasses.MISSING:
+            default = field.default
+        elif field.default_factory is not dataclasses.MISSING:
+            default = field.default_factory()
+        else:
+            default = None
         help_text = f"default: {default}"
         if kind is bool:
             group.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text)

@@ -9,7 +9,8 @@ A real diffusers ``StableDiffusionPipeline`` (save / load with ``save_pretrained
 - VAE: ``AutoencoderKL`` with blocks (16, 32, 32) (downsampling 4x): 32x32 RGB <-> 4x8x8 latents;
 - UNet: ``UNet2DConditionModel`` on 8x8 latents, blocks (32, 64), cross-attention to the text
   encoder's last hidden states, 2 heads (diffusers' ``attention_head_dim``);
-- scheduler: SD's DDIM schedule (scaled_linear 0.00085 -> 0.012, T = 1000, epsilon prediction).
+- scheduler: SD's DDIM schedule (scaled_linear 0.00085 -> 0.012, T = 1000) rescaled to zero
+  terminal SNR, with v-prediction and trailing timestep spacing (``toy_scheduler``).
 
 The pretrained weights (``diffalign toy pretrain``, recipe in ``diffalign.toy.pretrain``) ship in
 ``diffalign/toy/assets/toy-sd`` (~5 MB of float32 safetensors). ``SAMPLING`` fixes how the toy world
@@ -25,7 +26,7 @@ import torch
 from PIL import Image
 
 from diffalign.toy import world
-from diffalign.toy.tiny import small_clip_tokenizer, tiny_scheduler, tiny_text_encoder, tiny_unet
+from diffalign.toy.tiny import small_clip_tokenizer, tiny_text_encoder, tiny_unet
 
 TOY_MODEL_DIR = Path(__file__).resolve().parent / "assets" / "toy-sd"
 MAX_TOKENS = 16
@@ -55,6 +56,32 @@ def toy_vae():
     )
 
 
+def toy_scheduler():
+    """SD's scaled_linear betas rescaled to zero terminal SNR, v-prediction, "trailing" DDIM spacing.
+
+    Lin et al. 2024 ("Common Diffusion Noise Schedules and Sample Steps are Flawed"): with SD's
+    schedule the last training step still leaks ~7 % of the latent, so a model never learns to set
+    an image's global colour from pure noise and samples drift to mid-grey. The toy world's
+    full-frame white / black / grey backgrounds are exactly that case (the epsilon-prediction preset
+    gave grey, textured backgrounds). The paper's fix, as diffusers implements it
+    (``rescale_betas_zero_snr``, ``v_prediction``, ``timestep_spacing="trailing"``), is SD2.x-v-like
+    and loads through the same ``StableDiffusionPipeline`` and ``DDPMScheduler`` code paths.
+    """
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+        prediction_type="v_prediction",
+        rescale_betas_zero_snr=True,
+        timestep_spacing="trailing",
+    )
+
+
 def build_toy_pipeline(seed: int = 0):
     """The preset with random weights (deterministic under ``seed``); ``pretrain`` trains it."""
     from diffusers import StableDiffusionPipeline
@@ -69,7 +96,7 @@ def build_toy_pipeline(seed: int = 0):
         text_encoder=text_encoder,
         tokenizer=tokenizer,
         unet=unet,
-        scheduler=tiny_scheduler("epsilon"),
+        scheduler=toy_scheduler(),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,

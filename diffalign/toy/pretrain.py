@@ -19,8 +19,9 @@ reproduce the weights bit for bit):
 3. **Latent scale**: ``vae.config.scaling_factor`` = 1 / std of the posterior means over the data
    (SD1.x's 0.18215 was computed the same way), so scaled latents have unit variance.
 4. **UNet + text encoder** (``unet_steps``, batch ``unet_batch``, AdamW ``unet_lr``, linear warmup then
-   cosine decay, grad-norm clip 1): the standard epsilon-prediction denoising loss on cached
-   posterior samples, timesteps uniform over SD's 1000-step scaled_linear schedule, captions
+   cosine decay, grad-norm clip 1): the standard denoising loss (v-prediction target
+   sqrt(a) eps - sqrt(1 - a) x0, as the preset's scheduler declares) on cached posterior samples,
+   timesteps uniform over the 1000-step zero-terminal-SNR schedule (``preset.toy_scheduler``), captions
    replaced by "" with probability ``caption_dropout`` so classifier-free guidance works.
 5. **Export**: a ``StableDiffusionPipeline`` folder (safetensors) with the DDIM scheduler.
 
@@ -114,7 +115,7 @@ def encode_dataset(vae, images: torch.Tensor, batch: int = 256) -> tuple[torch.T
 
 
 def train_denoiser(pipe, captions: list[str], means: torch.Tensor, stds: torch.Tensor, config: PretrainConfig, generator: torch.Generator) -> list[float]:
-    """Stage 4: epsilon-prediction on scaled latents, UNet and text encoder trained jointly."""
+    """Stage 4: the scheduler's prediction target on scaled latents, UNet and text encoder trained jointly."""
     from tqdm.auto import tqdm
 
     unet, text_encoder, tokenizer, scheduler = pipe.unet, pipe.text_encoder, pipe.tokenizer, pipe.scheduler
@@ -131,6 +132,7 @@ def train_denoiser(pipe, captions: list[str], means: torch.Tensor, stds: torch.T
     optimizer = torch.optim.AdamW(parameters, lr=config.unet_lr, weight_decay=1e-2)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _cosine(s, config.unet_steps, config.unet_warmup))
     alphas_cumprod = scheduler.alphas_cumprod
+    v_prediction = scheduler.config.prediction_type == "v_prediction"
     losses = []
     for _ in (bar := tqdm(range(config.unet_steps), desc="pretrain unet+text", unit="step")):
         rows = torch.randint(len(means), (config.unet_batch,), generator=generator)
@@ -143,7 +145,8 @@ def train_denoiser(pipe, captions: list[str], means: torch.Tensor, stds: torch.T
         ids = token_ids[torch.where(drop, torch.full_like(rows, empty), caption_index[rows])]
         hidden = text_encoder(ids)[0]
         prediction = unet(noisy, timesteps, encoder_hidden_states=hidden).sample
-        loss = F.mse_loss(prediction, noise)
+        target = (a.sqrt() * noise - (1 - a).sqrt() * latents) if v_prediction else noise
+        loss = F.mse_loss(prediction, target)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
