@@ -1,7 +1,6 @@
 """A shortened ``diffalign demo`` on CPU: the report's numbers must come from the generated images."""
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -95,3 +94,16 @@ def test_demo_rejects_methods_that_do_not_train_on_image_pairs():
         check_method("text-dpo")
     with pytest.raises(ValueError, match="not a registered method"):
         check_method("nope")
+
+
+def test_validation_prompts_exclude_pair_prompts_and_held_out_prompts():
+    from diffalign.toy.demo import evaluation_prompts
+
+    train, held_out = world.split_prompts()
+    used = train[:100]
+    validation = evaluation_prompts("validation", 1000, used)
+    assert set(validation) == set(train[100:])
+    assert set(evaluation_prompts("held-out", 1000, used)) == set(held_out)
+    assert evaluation_prompts("held-out", 64, []) == evaluation_prompts("held-out", 64, used)
+    with pytest.raises(ValueError, match="--eval-split"):
+        evaluation_prompts("test", 1, [])

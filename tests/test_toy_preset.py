@@ -1,7 +1,6 @@
 """The toy preset: the shipped pretrained pipeline, and the pretraining recipe that rebuilds it."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -63,6 +63,11 @@ def add_demo_command(subparsers) -> None:
     demo.add_argument("--model", default=None, help="base pipeline folder (default: the shipped toy preset)")
     for name in ("train_prompts", "candidates", "eval_prompts", "eval_seeds", "steps", "batch_size", "generation_batch", "grid_prompts", "seed"):
         demo.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
+    demo.add_argument("--eval-split", default=defaults.eval_split, choices=("held-out", "validation"),
+                      help="held-out: the reported evaluation; validation: unused training prompts (for choosing settings)")
+    demo.add_argument("--candidate-guidance", type=float, default=defaults.candidate_guidance,
+                      help="CFG scale of the candidates (the evaluation always uses the preset's sampling)")
+    demo.add_argument("--candidate-eta", type=float, default=defaults.candidate_eta, help="DDIM eta of the candidates")
     demo.add_argument("--learning-rate", type=float, default=None, help="default: the toy setting of the method")
     demo.add_argument("--threads", type=int, default=defaults.threads, help="torch threads (0: torch's default)")
     demo.add_argument("--method-arg", action="append", type=_key_value, default=[], metavar="KEY=VALUE",
@@ -78,7 +83,8 @@ def run_demo_command(args) -> int:
         method=args.method, output_dir=args.output_dir, model=args.model, train_prompts=args.train_prompts,
         candidates=args.candidates, eval_prompts=args.eval_prompts, eval_seeds=args.eval_seeds, steps=args.steps,
         batch_size=args.batch_size, learning_rate=args.learning_rate, method_args=dict(args.method_arg),
-        generation_batch=args.generation_batch, grid_prompts=args.grid_prompts, seed=args.seed, threads=args.threads,
+        generation_batch=args.generation_batch, grid_prompts=args.grid_prompts, seed=args.seed, threads=args.threads, eval_split=args.eval_split,
+        candidate_guidance=args.candidate_guidance, candidate_eta=args.candidate_eta,
         progress=not args.no_progress,
     )
     try:
@@ -87,7 +93,7 @@ def run_demo_command(args) -> int:
         print(f"diffalign demo: error: {error}", file=sys.stderr)
         return 2
     print(f"{report['method']}: reward {report['reward_before']:.4f} -> {report['reward_after']:.4f}, "
-          f"win rate {report['win_rate']:.3f} on {report['n_prompts']} held-out prompts ({report['n_comparisons']} images each)")
+          f"win rate {report['win_rate']:.3f} on {report['n_prompts']} {report['eval_split']} prompts ({report['n_comparisons']} images each)")
     print(f"report: {args.output_dir}/report.md")
     print(f"total time: {report['seconds']:.1f} s")
     return 0

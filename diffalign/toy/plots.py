@@ -2,7 +2,8 @@
 
 - ``comparison_grid``: one column per prompt, base image above aligned image (same prompt, same
   seed), each with its judge score, the caption wrapped under the column.
-- ``curves``: line charts of training metrics over optimiser steps (loss, implicit accuracy).
+- ``curves``: line charts of training metrics over optimiser steps (loss, implicit accuracy): every
+  step in a light tint, a trailing moving average (1/20 of the run) on top.
 """
 
 from __future__ import annotations
@@ -55,6 +56,18 @@ def comparison_grid(
     return canvas
 
 
+def moving_average(points: Sequence[tuple[int, float]], window: int | None = None) -> list[tuple[int, float]]:
+    """Trailing mean over ``window`` points (default: 1/20 of the run, at least 1)."""
+    window = window or max(1, len(points) // 20)
+    out, total = [], 0.0
+    for i, (step, value) in enumerate(points):
+        total += value
+        if i >= window:
+            total -= points[i - window][1]
+        out.append((step, total / min(i + 1, window)))
+    return out
+
+
 def curves(series: dict[str, Sequence[tuple[int, float]]], title: str = "", panel: tuple[int, int] = (420, 260)) -> Image.Image:
     """One panel per named series of (step, value) points, side by side, with axis ranges labelled."""
     font = _font()
@@ -84,12 +97,16 @@ def curves(series: dict[str, Sequence[tuple[int, float]]], title: str = "", pane
         def xy(step, value):
             return x0 + (x1 - x0) * (step - smin) / span, y1 - (y1 - y0) * (value - lo) / (hi - lo)
 
-        coordinates = [xy(s, v) for s, v in points if v is not None and math.isfinite(v)]
+        finite = [(s, v) for s, v in points if v is not None and math.isfinite(v)]
+        coordinates = [xy(s, v) for s, v in finite]
+        colour = LINE_COLOURS[index % len(LINE_COLOURS)]
         if len(coordinates) > 1:
-            draw.line(coordinates, fill=LINE_COLOURS[index % len(LINE_COLOURS)], width=2)
+            light = tuple(c + (255 - c) * 2 // 3 for c in colour)
+            draw.line(coordinates, fill=light, width=1)  # every step
+            draw.line([xy(s, v) for s, v in moving_average(finite)], fill=colour, width=2)
         else:
             cx, cy = coordinates[0]
-            draw.ellipse([cx - 2, cy - 2, cx + 2, cy + 2], fill=LINE_COLOURS[index % len(LINE_COLOURS)])
+            draw.ellipse([cx - 2, cy - 2, cx + 2, cy + 2], fill=colour)
         draw.text((left + 4, y0 - 4), f"{hi:.3g}", fill=BLACK, font=font)
         draw.text((left + 4, y1 - 8), f"{lo:.3g}", fill=BLACK, font=font)
         draw.text((x0, y1 + 4), f"step {smin}", fill=BLACK, font=font)
