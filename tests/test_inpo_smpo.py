@@ -156,12 +156,25 @@ def test_input_errors(load):
     del batch["rejected_scores"]
     with pytest.raises(KeyError, match="rejected_scores"):
         loss_of(SmPO(), model, batch)
-    model.prediction_type = "v_prediction"
-    try:
-        with pytest.raises(ValueError, match="epsilon-prediction"):
-            loss_of(InPO(), model, make_batch())
-    finally:
-        model.prediction_type = "epsilon"
+
+
+def test_v_prediction_models_invert_with_the_implied_noise(tiny_model_dir):
+    model = DiffusionModel.from_pretrained(tiny_model_dir("sd", "v_prediction"), reference="copy", resolution=32)
+    generator = torch.Generator().manual_seed(0)
+    x0, eps = torch.randn(2, 4, 8, 8, generator=generator), torch.randn(2, 4, 8, 8, generator=generator)
+    t = torch.tensor([-99, 500])  # a negative inversion timestep uses abar_0
+    abar = model.alphas_cumprod[t.clamp(min=0)].float().reshape(-1, 1, 1, 1)
+    x_t = abar.sqrt() * x0 + (1 - abar).sqrt() * eps
+    v = abar.sqrt() * eps - (1 - abar).sqrt() * x0
+    assert torch.allclose(model.epsilon(v, x_t, t), eps, atol=1e-5)
+
+    latents = torch.randn(4, 4, 8, 8, generator=generator)
+    timesteps = torch.tensor([150, 700, 150, 700])
+    cond = model.encode_prompts(["a red circle", "a blue square"] * 2)
+    noisy, target = InPO().noisy_latents_and_targets(model, latents, timesteps, cond, torch.Generator().manual_seed(1))
+    abar_t = model.alphas_cumprod[timesteps].float().reshape(-1, 1, 1, 1)
+    # the target is the velocity of (x_tilde, x0): x0 = sqrt(abar) x_tilde - sqrt(1 - abar) v
+    assert torch.allclose(abar_t.sqrt() * noisy - (1 - abar_t).sqrt() * target, latents, atol=1e-4)
 
 
 @pytest.mark.parametrize("family", ["sd", "sdxl"])

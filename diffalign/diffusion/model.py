@@ -24,7 +24,7 @@ import torch
 
 from diffalign.diffusion.attention import set_attention_backend
 from diffalign.diffusion.conditioning import Conditioning, encode_sd_prompts, encode_sdxl_prompts
-from diffalign.diffusion.noising import add_noise, velocity
+from diffalign.diffusion.noising import add_noise, epsilon_from_velocity, velocity
 from diffalign.errors import ModelLoadError
 
 FAMILIES = {"StableDiffusionPipeline": "sd", "StableDiffusionXLPipeline": "sdxl"}
@@ -229,6 +229,12 @@ class DiffusionModel:
         if self.prediction_type == "v_prediction":
             return velocity(latents, noise, timesteps, self.alphas_cumprod)
         return noise
+
+    def epsilon(self, prediction: torch.Tensor, noisy_latents: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """The noise a UNet prediction implies (the prediction itself for epsilon-prediction models)."""
+        if self.prediction_type == "v_prediction":
+            return epsilon_from_velocity(prediction, noisy_latents, timesteps, self.alphas_cumprod)
+        return prediction
 
     def policy(self, noisy_latents: torch.Tensor, timesteps: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         """The trainable UNet's prediction, with grad (through the accelerate-prepared module)."""

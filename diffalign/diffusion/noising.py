@@ -41,3 +41,13 @@ def velocity(latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
     abar = alphas_cumprod.to(latents.device)[timesteps.to(latents.device)].float()
     v = _broadcast(abar.sqrt(), latents) * noise.float() - _broadcast((1 - abar).sqrt(), latents) * latents.float()
     return v.to(latents.dtype)
+
+
+def epsilon_from_velocity(v: torch.Tensor, noisy: torch.Tensor, timesteps: torch.Tensor, alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """eps = sqrt(abar_t) * v + sqrt(1 - abar_t) * x_t, the noise a v-prediction implies.
+
+    Negative timesteps (the first step of a diffusers-0.20 DDIM inversion) use abar_0, as that
+    inversion does (``set_alpha_to_one=False``)."""
+    abar = alphas_cumprod.to(noisy.device)[timesteps.to(noisy.device).clamp(min=0)].float()
+    eps = _broadcast(abar.sqrt(), noisy) * v.float() + _broadcast((1 - abar).sqrt(), noisy) * noisy.float()
+    return eps.to(noisy.dtype)

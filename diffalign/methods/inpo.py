@@ -83,16 +83,15 @@ class InversionDPO(DiffusionDPO):
         return steps if steps is not None else self.family_inversion_steps[model.family]
 
     def noisy_latents_and_targets(self, model, latents, timesteps, cond, generator):
-        """(x_tilde, tau) of every image of the [winners; losers] batch at its pair's timestep."""
-        if model.prediction_type != "epsilon":
-            raise ValueError(
-                f"{self.name} inverts with an epsilon-prediction model (as the official code); "
-                f"this model predicts {model.prediction_type!r}"
-            )
+        """(x_tilde, regression target) of every image of the [winners; losers] batch at its pair's
+        timestep: the target is tau for epsilon-prediction models and, for v-prediction models (not in
+        the official code), the velocity sqrt(abar_t) tau - sqrt(1 - abar_t) x0 of the same (x_tilde, x0);
+        the inversion then uses the noise the v-prediction implies."""
         network = model.policy_no_grad if self.config.invert_with == "policy" else model.reference
 
         def eps_model(z, inversion_timesteps, rows):
-            return network(z, inversion_timesteps, cond.map(lambda tensor: tensor[rows]))
+            prediction = network(z, inversion_timesteps, cond.map(lambda tensor: tensor[rows]))
+            return model.epsilon(prediction, z, inversion_timesteps)
 
         result = ddim_invert(
             eps_model,
@@ -106,7 +105,7 @@ class InversionDPO(DiffusionDPO):
             exact_t=self.config.exact_t,
         )
         self._inversion_forwards = result.image_forwards
-        return result.latents, result.target
+        return result.latents, model.target(latents, result.target, timesteps)
 
     def objective(self, model, pair, policy_chosen, policy_rejected, batch):
         output = super().objective(model, pair, policy_chosen, policy_rejected, batch)

@@ -68,6 +68,10 @@ def add_demo_command(subparsers) -> None:
     demo.add_argument("--candidate-guidance", type=float, default=defaults.candidate_guidance,
                       help="CFG scale of the candidates (the evaluation always uses the preset's sampling)")
     demo.add_argument("--candidate-eta", type=float, default=defaults.candidate_eta, help="DDIM eta of the candidates")
+    demo.add_argument("--pairs-per-prompt", type=int, default=defaults.pairs_per_prompt,
+                      help="pairs per training prompt: i-th best vs i-th worst candidate (1: best vs worst)")
+    demo.add_argument("--min-margin", type=float, default=defaults.min_margin,
+                      help="keep a pair only if its judge-score margin is at least this")
     demo.add_argument("--learning-rate", type=float, default=None, help="default: the toy setting of the method")
     demo.add_argument("--threads", type=int, default=defaults.threads, help="torch threads (0: torch's default)")
     demo.add_argument("--method-arg", action="append", type=_key_value, default=[], metavar="KEY=VALUE",
@@ -81,7 +85,7 @@ def run_demo_command(args) -> int:
 
     config = DemoConfig(
         method=args.method, output_dir=args.output_dir, model=args.model, train_prompts=args.train_prompts,
-        candidates=args.candidates, eval_prompts=args.eval_prompts, eval_seeds=args.eval_seeds, steps=args.steps,
+        candidates=args.candidates, pairs_per_prompt=args.pairs_per_prompt, min_margin=args.min_margin, eval_prompts=args.eval_prompts, eval_seeds=args.eval_seeds, steps=args.steps,
         batch_size=args.batch_size, learning_rate=args.learning_rate, method_args=dict(args.method_arg),
         generation_batch=args.generation_batch, grid_prompts=args.grid_prompts, seed=args.seed, threads=args.threads, eval_split=args.eval_split,
         candidate_guidance=args.candidate_guidance, candidate_eta=args.candidate_eta,
