@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 
 from diffalign.toy import world
-from diffalign.toy.tiny import small_clip_tokenizer, tiny_text_encoder, tiny_unet
+from diffalign.toy.tiny import small_clip_tokenizer, tiny_scheduler, tiny_text_encoder, tiny_unet
 
 TOY_MODEL_DIR = Path(__file__).resolve().parent / "assets" / "toy-sd"
 MAX_TOKENS = 16
@@ -67,19 +67,7 @@ def toy_scheduler():
     (``rescale_betas_zero_snr``, ``v_prediction``, ``timestep_spacing="trailing"``), is SD2.x-v-like
     and loads through the same ``StableDiffusionPipeline`` and ``DDPMScheduler`` code paths.
     """
-    from diffusers import DDIMScheduler
-
-    return DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-        prediction_type="v_prediction",
-        rescale_betas_zero_snr=True,
-        timestep_spacing="trailing",
-    )
+    return tiny_scheduler("v_prediction", rescale_betas_zero_snr=True, timestep_spacing="trailing")
 
 
 def build_toy_pipeline(seed: int = 0):

@@ -142,8 +142,9 @@ def tiny_text_encoder(vocab_size: int, hidden_size: int = 32, with_projection: b
     return (CLIPTextModelWithProjection if with_projection else CLIPTextModel)(config)
 
 
-def tiny_scheduler(prediction_type: str = "epsilon"):
-    """The SD1.5 / SDXL training schedule (scaled_linear 0.00085 -> 0.012, T = 1000) as a DDIM scheduler."""
+def tiny_scheduler(prediction_type: str = "epsilon", **overrides):
+    """The SD1.5 / SDXL training schedule (scaled_linear 0.00085 -> 0.012, T = 1000) as a DDIM scheduler;
+    ``overrides`` are further ``DDIMScheduler`` options."""
     from diffusers import DDIMScheduler
 
     return DDIMScheduler(
@@ -154,6 +155,7 @@ def tiny_scheduler(prediction_type: str = "epsilon"):
         set_alpha_to_one=False,
         steps_offset=1,
         prediction_type=prediction_type,
+        **overrides,
     )
 
 
