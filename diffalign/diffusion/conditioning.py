@@ -27,9 +27,6 @@ class Conditioning:
         """Conditioning for a [winners; losers] batch: the same prompt conditions both halves."""
         return self.map(lambda tensor: torch.cat([tensor, tensor], dim=0))
 
-    def to(self, device=None, dtype=None) -> "Conditioning":
-        return self.map(lambda tensor: tensor.to(device=device, dtype=dtype if tensor.is_floating_point() else None))
-
     def map(self, function) -> "Conditioning":
         added = None if self.added_cond_kwargs is None else {k: function(v) for k, v in self.added_cond_kwargs.items()}
         return Conditioning(function(self.prompt_embeds), added)
