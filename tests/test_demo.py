@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -46,7 +47,6 @@ def test_report_numbers_are_recomputed_from_the_saved_evaluation_images(demo_run
 
 
 def test_base_and_aligned_images_come_from_the_row_seed(demo_run):
-    import numpy as np
 
     from diffalign.toy.preset import generate, load_toy_pipeline
 
@@ -68,6 +68,23 @@ def test_pairs_are_best_vs_worst_and_strictly_better_by_the_judge(demo_run):
         scores = judge.score([chosen, rejected], [row["prompt"]] * 2).tolist()
         assert scores == pytest.approx([row["chosen_score"], row["rejected_score"]])
         assert scores[0] > scores[1]
+
+
+def test_candidates_use_their_own_sampler_and_the_evaluation_the_presets(demo_run):
+    """Candidates at guidance 2.0 with DDIM eta 1 (demo step 1); evaluation images at preset.SAMPLING."""
+    from diffalign.toy.preset import SAMPLING, generate, load_toy_pipeline
+
+    report = json.loads((demo_run / "report.json").read_text())
+    assert report["pairs"]["candidate_sampling"]["guidance_scale"] == 2.0 and report["pairs"]["candidate_sampling"]["eta"] == 1.0
+    assert report["sampling"] == SAMPLING and SAMPLING["guidance_scale"] == 3.0
+    train, _ = world.split_prompts()
+    prompt = world.sample_prompts(train, 6, seed=0)[0]  # the demo's first training prompt (--seed 0)
+    saved = np.asarray(Image.open(demo_run / "candidates" / "0000_1.png"), dtype=int)
+    pipe = load_toy_pipeline()
+    again = np.asarray(generate(pipe, [prompt], [1], progress=False, guidance_scale=2.0, eta=1.0)[0], dtype=int)
+    evaluation_sampler = np.asarray(generate(pipe, [prompt], [1], progress=False)[0], dtype=int)
+    assert np.abs(again - saved).max() <= 1
+    assert np.abs(evaluation_sampler - saved).max() > 1
 
 
 def test_demo_writes_figures_curves_and_an_aligned_pipeline_that_differs_from_the_base(demo_run):

@@ -1,9 +1,9 @@
 """diffalign's pretraining recipe for the toy preset (``diffalign toy pretrain``).
 
-The goal is a *partially right* base model: the VAE reconstructs toy images almost perfectly, and
-the UNet + text encoder have learnt caption-conditioned generation well enough that most samples are
-a recognisable coloured shape, but not so well that every attribute is right every time, which
-leaves room for preference alignment to show measured gains.
+The goal is a *partially right* base model: the VAE reconstructs toy images almost perfectly
+(PSNR ~35 dB), and the UNet + text encoder have learnt caption-conditioned generation well enough
+that most samples are a recognisable coloured shape, but not so well that every attribute is right
+every time, which leaves room for preference alignment to show measured gains.
 
 Recipe (all randomness from ``PretrainConfig.seed``; the same seed, torch build and thread count
 reproduce the weights bit for bit):
@@ -15,7 +15,10 @@ reproduce the weights bit for bit):
    MSE (mean over pixels) on a posterior sample plus ``kl_weight`` x KL to N(0, I) (summed over
    latent elements). SD's KL-f8 weighs the KL 1e-6 against a *summed* reconstruction loss; against
    our per-pixel mean that is ~1e-9. A larger weight (1e-5 was tried) keeps posterior noise high
-   (std ~0.55) and the decoder learns to average: washed-out colours, PSNR ~22 dB.
+   (std ~0.55) and the decoder learns to average: washed-out colours, PSNR ~22 dB. Steps matter as
+   much: after 1,200 steps (28 dB) the decoder rounded squares' corners and filled triangles' (the
+   judge's shape term on reconstructed renders: squares 0.30, triangles 0.06), a ceiling no
+   alignment could lift; 4,000 steps give 35 dB (0.73, 0.65).
 3. **Latent scale**: ``vae.config.scaling_factor`` = 1 / std of the posterior means over the data
    (SD1.x's 0.18215 was computed the same way), so scaled latents have unit variance.
 4. **UNet + text encoder** (``unet_steps``, batch ``unet_batch``, AdamW ``unet_lr``, linear warmup then
@@ -25,7 +28,10 @@ reproduce the weights bit for bit):
    replaced by "" with probability ``caption_dropout`` so classifier-free guidance works.
 5. **Export**: a ``StableDiffusionPipeline`` folder (safetensors) with the DDIM scheduler.
 
-``unet_steps`` is the knob of "partially right": fewer steps, weaker prompt adherence.
+``unet_steps`` is the knob of "partially right": fewer steps, weaker prompt adherence. With 5,000
+steps the base model scores 0.830 on the demo's held-out prompts (renders score ~0.95) and 0.866 on
+its validation prompts, where 3,000 steps scored 0.841 and left the demo's Diffusion-DPO run a
+validation win rate of 0.565 instead of 0.687.
 """
 
 from __future__ import annotations
@@ -48,11 +54,11 @@ from diffalign.toy.preset import build_toy_pipeline
 class PretrainConfig:
     seed: int = 0
     images_per_caption: int = 8
-    vae_steps: int = 1200
+    vae_steps: int = 4000
     vae_batch: int = 16
     vae_lr: float = 2e-3
     kl_weight: float = 1e-8
-    unet_steps: int = 3000
+    unet_steps: int = 5000
     unet_batch: int = 64
     unet_lr: float = 1e-3
     unet_warmup: int = 100
