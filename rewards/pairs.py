@@ -55,7 +55,7 @@ class PairStats:
     prompts: int = 0
     pairs: int = 0
     too_few_images: int = 0  # prompts with fewer than 2 usable images
-    below_margin: int = 0  # best pair not better by more than 0 and by at least min_margin
+    below_margin: int = 0  # prompts whose (next) pair is not better by more than 0 and by at least min_margin
     no_decisive_pair: int = 0  # rank_and_sift: every ranked pair was a tie
     unscored_images: int = 0  # NaN scores (unparsable judge answer or unreadable image)
     unparsable_verdicts: int = 0
@@ -76,24 +76,26 @@ def _keep(chosen_score: float, rejected_score: float, min_margin: float) -> bool
 
 
 def best_vs_worst(
-    records: Sequence[ImageRecord], scores: torch.Tensor, scorer_name: str, min_margin: float = 0.0
+    records: Sequence[ImageRecord], scores: torch.Tensor, scorer_name: str, min_margin: float = 0.0,
+    pairs_per_prompt: int = 1,
 ) -> tuple[list[PreferencePair], PairStats]:
-    """Per prompt, the best against the worst image by ``scores`` (NaN scores are left out)."""
+    """Per prompt, the best against the worst image by ``scores`` (NaN scores are left out); with
+    ``pairs_per_prompt`` = n > 1 also the i-th best against the i-th worst for i < n (no image twice)."""
     stats = PairStats()
     pairs = []
     for prompt, indices in group_by_prompt(records).items():
         stats.prompts += 1
-        scored = [(float(scores[i]), i) for i in indices if not math.isnan(scores[i])]
+        scored = sorted((float(scores[i]), i) for i in indices if not math.isnan(scores[i]))
         stats.unscored_images += len(indices) - len(scored)
         if len(scored) < 2:
             stats.too_few_images += 1
             continue
-        best_score, best = max(scored)
-        worst_score, worst = min(scored)
-        if not _keep(best_score, worst_score, min_margin):
-            stats.below_margin += 1
-            continue
-        pairs.append(PreferencePair(prompt, records[best].path, records[worst].path, best_score, worst_score, scorer_name))
+        for rank in range(min(pairs_per_prompt, len(scored) // 2)):
+            (best_score, best), (worst_score, worst) = scored[-1 - rank], scored[rank]
+            if not _keep(best_score, worst_score, min_margin):
+                stats.below_margin += 1
+                break  # later pairs have smaller margins
+            pairs.append(PreferencePair(prompt, records[best].path, records[worst].path, best_score, worst_score, scorer_name))
     stats.pairs = len(pairs)
     return pairs, stats
 

@@ -16,7 +16,7 @@ from PIL import Image
 from diffalign.rewards import get_scorer, registered_scorers
 from diffalign.rewards.base import PairwiseResult, PairwiseScorer, Scorer
 from diffalign.rewards.cli import add_pairs_command, add_score_command
-from diffalign.rewards.pairs import rank_and_sift
+from diffalign.rewards.pairs import best_vs_worst, rank_and_sift
 from diffalign.rewards.records import ImageRecord
 from diffalign.rewards.tiny import save_tiny_hps_checkpoint
 from test_rewards_unifiedreward import StubServer, brightness_answer
@@ -90,6 +90,17 @@ def test_pairs_best_vs_worst_from_jsonl(candidates, tmp_path, capsys):
         assert "below_margin" in capsys.readouterr().out
     finally:
         stub.close()
+
+
+def test_best_vs_worst_pairs_ith_best_with_ith_worst_until_the_margin_fails():
+    records = [ImageRecord(f"{name}.png", "p", name) for name in "abcdef"] + [ImageRecord("g.png", "q", "g")]
+    scores = torch.tensor([0.5, 0.9, 0.1, 0.7, float("nan"), 0.45, 0.3])
+    pairs, stats = best_vs_worst(records, scores, "toy", pairs_per_prompt=3)
+    assert [(p.chosen, p.rejected) for p in pairs] == [("b.png", "c.png"), ("d.png", "f.png")]  # 2 of 5 scored: no image twice
+    assert (stats.prompts, stats.pairs, stats.unscored_images, stats.too_few_images) == (2, 2, 1, 1)
+    pairs, stats = best_vs_worst(records, scores, "toy", min_margin=0.5, pairs_per_prompt=3)
+    assert [(p.chosen, p.rejected) for p in pairs] == [("b.png", "c.png")] and stats.below_margin == 1
+    assert [p.chosen for p in best_vs_worst(records, scores, "toy")[0]] == ["b.png"]
 
 
 def test_pairs_rank_and_sift(candidates, tmp_path):

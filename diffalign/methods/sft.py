@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-
 from diffalign.diffusion import DENOISING_LOGP_SCALE, denoising_logps
 from diffalign.diffusion.noising import sample_noise, sample_timesteps
 from diffalign.methods.base import Method, MethodConfig, register_method

@@ -160,9 +160,7 @@ def make_pairs(pipe, prompts: list[str], config: DemoConfig, output: Path, judge
         image.save(path)
         records.append(ImageRecord(str(path), prompt, f"candidate {index}"))
     scores = judge.score(images, all_prompts)
-    pairs, stats = best_vs_worst(records, scores, scorer_name="toy", min_margin=config.min_margin)
-    if config.pairs_per_prompt > 1:
-        pairs = ranked_pairs(records, scores, k, config.pairs_per_prompt, config.min_margin)
+    pairs, _ = best_vs_worst(records, scores, scorer_name="toy", min_margin=config.min_margin, pairs_per_prompt=config.pairs_per_prompt)
     jsonl = output / "pairs.jsonl"
     write_pairs(pairs, str(jsonl))
     margins = [p.chosen_score - p.rejected_score for p in pairs]
@@ -175,23 +173,6 @@ def make_pairs(pipe, prompts: list[str], config: DemoConfig, output: Path, judge
         "prompts_without_pair": len(prompts) - len({p.prompt for p in pairs}),
         "mean_pair_margin": _mean(margins),
     }
-
-
-def ranked_pairs(records, scores, k: int, per_prompt: int, min_margin: float) -> list:
-    """Per prompt (``k`` consecutive records), the i-th best against the i-th worst candidate for
-    i < ``per_prompt`` (and i < k - 1 - i), each kept only if strictly better by at least ``min_margin``."""
-    from diffalign.rewards.pairs import PreferencePair
-
-    pairs = []
-    for start in range(0, len(records), k):
-        order = sorted(range(start, start + k), key=lambda i: float(scores[i]), reverse=True)
-        for i in range(min(per_prompt, k // 2)):
-            best, worst = order[i], order[k - 1 - i]
-            margin = float(scores[best]) - float(scores[worst])
-            if margin > 0 and margin >= min_margin:
-                pairs.append(PreferencePair(records[best].prompt, records[best].path, records[worst].path,
-                                            float(scores[best]), float(scores[worst]), "toy"))
-    return pairs
 
 
 def align(config: DemoConfig, base: str, data: Path, output: Path) -> dict:

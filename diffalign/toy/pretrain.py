@@ -46,6 +46,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from diffalign.diffusion.noising import add_noise, velocity
 from diffalign.toy import world
 from diffalign.toy.preset import build_toy_pipeline
 
@@ -145,13 +146,12 @@ def train_denoiser(pipe, captions: list[str], means: torch.Tensor, stds: torch.T
         latents = (means[rows] + stds[rows] * torch.randn(means[rows].shape, generator=generator)) * scale
         noise = torch.randn(latents.shape, generator=generator)
         timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (config.unet_batch,), generator=generator)
-        a = alphas_cumprod[timesteps].view(-1, 1, 1, 1)
-        noisy = a.sqrt() * latents + (1 - a).sqrt() * noise
+        noisy = add_noise(latents, noise, timesteps, alphas_cumprod)
         drop = torch.rand(config.unet_batch, generator=generator) < config.caption_dropout
         ids = token_ids[torch.where(drop, torch.full_like(rows, empty), caption_index[rows])]
         hidden = text_encoder(ids)[0]
         prediction = unet(noisy, timesteps, encoder_hidden_states=hidden).sample
-        target = (a.sqrt() * noise - (1 - a).sqrt() * latents) if v_prediction else noise
+        target = velocity(latents, noise, timesteps, alphas_cumprod) if v_prediction else noise
         loss = F.mse_loss(prediction, target)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
