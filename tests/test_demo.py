@@ -71,17 +71,17 @@ def test_pairs_are_best_vs_worst_and_strictly_better_by_the_judge(demo_run):
 
 
 def test_candidates_use_their_own_sampler_and_the_evaluation_the_presets(demo_run):
-    """Candidates at guidance 2.0 with DDIM eta 1 (demo step 1); evaluation images at preset.SAMPLING."""
+    """Candidates at the demo's guidance (2.5) with DDIM eta 1 (demo step 1); evaluation images at preset.SAMPLING."""
     from diffalign.toy.preset import SAMPLING, generate, load_toy_pipeline
 
     report = json.loads((demo_run / "report.json").read_text())
-    assert report["pairs"]["candidate_sampling"]["guidance_scale"] == 2.0 and report["pairs"]["candidate_sampling"]["eta"] == 1.0
+    assert report["pairs"]["candidate_sampling"]["guidance_scale"] == 2.5 and report["pairs"]["candidate_sampling"]["eta"] == 1.0
     assert report["sampling"] == SAMPLING and SAMPLING["guidance_scale"] == 3.0
     train, _ = world.split_prompts()
     prompt = world.sample_prompts(train, 6, seed=0)[0]  # the demo's first training prompt (--seed 0)
     saved = np.asarray(Image.open(demo_run / "candidates" / "0000_1.png"), dtype=int)
     pipe = load_toy_pipeline()
-    again = np.asarray(generate(pipe, [prompt], [1], progress=False, guidance_scale=2.0, eta=1.0)[0], dtype=int)
+    again = np.asarray(generate(pipe, [prompt], [1], progress=False, guidance_scale=2.5, eta=1.0)[0], dtype=int)
     evaluation_sampler = np.asarray(generate(pipe, [prompt], [1], progress=False)[0], dtype=int)
     assert np.abs(again - saved).max() <= 1
     assert np.abs(evaluation_sampler - saved).max() > 1
@@ -124,3 +124,17 @@ def test_validation_prompts_exclude_pair_prompts_and_held_out_prompts():
     assert evaluation_prompts("held-out", 64, []) == evaluation_prompts("held-out", 64, used)
     with pytest.raises(ValueError, match="--eval-split"):
         evaluation_prompts("test", 1, [])
+
+
+def test_train_seed_changes_the_training_but_not_the_pairs(demo_run, tmp_path):
+    from diffalign.cli import main
+    from diffalign.toy.preset import load_toy_pipeline
+
+    code = main(["demo", "--method", "diffusion-dpo", "--output-dir", str(tmp_path), "--train-prompts", "6",
+                 "--candidates", "2", "--eval-prompts", "5", "--eval-seeds", "2", "--steps", "3", "--batch-size", "2",
+                 "--threads", "1", "--no-progress", "--train-seed", "1"])
+    assert code == 0
+    assert (tmp_path / "pairs.jsonl").read_text() == (demo_run / "pairs.jsonl").read_text()
+    assert json.loads((tmp_path / "model" / "run_config.json").read_text())["train_config"]["seed"] == 1
+    first, second = load_toy_pipeline(demo_run / "model"), load_toy_pipeline(tmp_path / "model")
+    assert any(not torch.equal(a, b) for a, b in zip(first.unet.parameters(), second.unet.parameters()))

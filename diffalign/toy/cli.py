@@ -73,6 +73,8 @@ def add_demo_command(subparsers) -> None:
     demo.add_argument("--min-margin", type=float, default=defaults.min_margin,
                       help="keep a pair only if its judge-score margin is at least this")
     demo.add_argument("--learning-rate", type=float, default=None, help="default: the toy setting of the method")
+    demo.add_argument("--train-seed", type=int, default=None,
+                      help="seed of the training alone (default: --seed); the prompts and candidates stay those of --seed")
     demo.add_argument("--threads", type=int, default=defaults.threads, help="torch threads (0: torch's default)")
     demo.add_argument("--method-arg", action="append", type=_key_value, default=[], metavar="KEY=VALUE",
                       help="a method option, e.g. --method-arg beta=2500 (repeatable)")
@@ -87,7 +89,7 @@ def run_demo_command(args) -> int:
         method=args.method, output_dir=args.output_dir, model=args.model, train_prompts=args.train_prompts,
         candidates=args.candidates, pairs_per_prompt=args.pairs_per_prompt, min_margin=args.min_margin, eval_prompts=args.eval_prompts, eval_seeds=args.eval_seeds, steps=args.steps,
         batch_size=args.batch_size, learning_rate=args.learning_rate, method_args=dict(args.method_arg),
-        generation_batch=args.generation_batch, grid_prompts=args.grid_prompts, seed=args.seed, threads=args.threads, eval_split=args.eval_split,
+        generation_batch=args.generation_batch, grid_prompts=args.grid_prompts, seed=args.seed, train_seed=args.train_seed, threads=args.threads, eval_split=args.eval_split,
         candidate_guidance=args.candidate_guidance, candidate_eta=args.candidate_eta,
         progress=not args.no_progress,
     )
