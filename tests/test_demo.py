@@ -13,14 +13,16 @@ from diffalign.toy.demo import check_method, win_rate
 from diffalign.toy.judge import ToyJudge
 
 
+SHORT_DEMO = ["demo", "--method", "diffusion-dpo", "--train-prompts", "6", "--candidates", "2", "--eval-prompts", "5",
+              "--eval-seeds", "2", "--steps", "3", "--batch-size", "2", "--threads", "1", "--no-progress"]
+
+
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
     from diffalign.cli import main
 
     output = tmp_path_factory.mktemp("demo")
-    code = main(["demo", "--method", "diffusion-dpo", "--output-dir", str(output), "--train-prompts", "6",
-                 "--candidates", "2", "--eval-prompts", "5", "--eval-seeds", "2", "--steps", "3", "--batch-size", "2",
-                 "--threads", "1", "--no-progress"])
+    code = main(SHORT_DEMO + ["--output-dir", str(output)])
     assert code == 0
     return output
 
@@ -47,7 +49,6 @@ def test_report_numbers_are_recomputed_from_the_saved_evaluation_images(demo_run
 
 
 def test_base_and_aligned_images_come_from_the_row_seed(demo_run):
-
     from diffalign.toy.preset import generate, load_toy_pipeline
 
     row = json.loads((demo_run / "eval" / "eval.jsonl").read_text().splitlines()[3])
@@ -130,9 +131,7 @@ def test_train_seed_changes_the_training_but_not_the_pairs(demo_run, tmp_path):
     from diffalign.cli import main
     from diffalign.toy.preset import load_toy_pipeline
 
-    code = main(["demo", "--method", "diffusion-dpo", "--output-dir", str(tmp_path), "--train-prompts", "6",
-                 "--candidates", "2", "--eval-prompts", "5", "--eval-seeds", "2", "--steps", "3", "--batch-size", "2",
-                 "--threads", "1", "--no-progress", "--train-seed", "1"])
+    code = main(SHORT_DEMO + ["--output-dir", str(tmp_path), "--train-seed", "1"])
     assert code == 0
     assert (tmp_path / "pairs.jsonl").read_text() == (demo_run / "pairs.jsonl").read_text()
     assert json.loads((tmp_path / "model" / "run_config.json").read_text())["train_config"]["seed"] == 1

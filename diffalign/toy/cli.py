@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import fields
 
 
 def add_toy_command(subparsers) -> None:
@@ -27,12 +28,16 @@ def add_toy_command(subparsers) -> None:
     pretrain.set_defaults(func=run_pretrain)
 
 
-def run_pretrain(args) -> int:
-    from dataclasses import fields
+def _config_from_args(config_class, args, **overrides):
+    """``config_class`` with every field that has a parsed flag of the same name, then ``overrides``."""
+    options = {f.name: getattr(args, f.name) for f in fields(config_class) if hasattr(args, f.name)}
+    return config_class(**{**options, **overrides})
 
+
+def run_pretrain(args) -> int:
     from diffalign.toy.pretrain import PretrainConfig, pretrain
 
-    config = PretrainConfig(**{f.name: getattr(args, f.name) for f in fields(PretrainConfig) if hasattr(args, f.name)})
+    config = _config_from_args(PretrainConfig, args)
     summary = pretrain(args.output, config)
     print(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=2))
     print(f"pretrained the toy preset in {summary['seconds']:.1f} s ({summary['size_bytes'] / 1e6:.2f} MB): {args.output}")
@@ -51,7 +56,7 @@ def _key_value(text: str):
 
 
 def add_demo_command(subparsers) -> None:
-    from diffalign.toy.demo import DemoConfig
+    from diffalign.toy.demo import EVAL_SPLITS, DemoConfig
 
     defaults = DemoConfig()
     demo = subparsers.add_parser(
@@ -63,7 +68,7 @@ def add_demo_command(subparsers) -> None:
     demo.add_argument("--model", default=None, help="base pipeline folder (default: the shipped toy preset)")
     for name in ("train_prompts", "candidates", "eval_prompts", "eval_seeds", "steps", "batch_size", "generation_batch", "grid_prompts", "seed"):
         demo.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
-    demo.add_argument("--eval-split", default=defaults.eval_split, choices=("held-out", "validation"),
+    demo.add_argument("--eval-split", default=defaults.eval_split, choices=EVAL_SPLITS,
                       help="held-out: the reported evaluation; validation: unused training prompts (for choosing settings)")
     demo.add_argument("--candidate-guidance", type=float, default=defaults.candidate_guidance,
                       help="CFG scale of the candidates (the evaluation always uses the preset's sampling)")
@@ -85,14 +90,7 @@ def add_demo_command(subparsers) -> None:
 def run_demo_command(args) -> int:
     from diffalign.toy.demo import DemoConfig, run_demo
 
-    config = DemoConfig(
-        method=args.method, output_dir=args.output_dir, model=args.model, train_prompts=args.train_prompts,
-        candidates=args.candidates, pairs_per_prompt=args.pairs_per_prompt, min_margin=args.min_margin, eval_prompts=args.eval_prompts, eval_seeds=args.eval_seeds, steps=args.steps,
-        batch_size=args.batch_size, learning_rate=args.learning_rate, method_args=dict(args.method_arg),
-        generation_batch=args.generation_batch, grid_prompts=args.grid_prompts, seed=args.seed, train_seed=args.train_seed, threads=args.threads, eval_split=args.eval_split,
-        candidate_guidance=args.candidate_guidance, candidate_eta=args.candidate_eta,
-        progress=not args.no_progress,
-    )
+    config = _config_from_args(DemoConfig, args, method_args=dict(args.method_arg), progress=not args.no_progress)
     try:
         report = run_demo(config)
     except (ValueError, FileNotFoundError) as error:

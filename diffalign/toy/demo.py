@@ -54,6 +54,7 @@ from diffalign.toy.preset import SAMPLING, TOY_MODEL_DIR, generate, load_toy_pip
 EVAL_PROMPT_SEED = 20240601  # which held-out prompts, in which order
 EVAL_IMAGE_SEED = 10_000_000  # evaluation image j of prompt i uses seed EVAL_IMAGE_SEED + 1000 * i + j
 FITTING_FORMATS = ("image_pairs", "scored_image_pairs", "chosen_images")
+EVAL_SPLITS = ("held-out", "validation")
 
 # Training settings per method on the toy preset (everything else: the method's own defaults and the
 # TrainConfig defaults). Chosen with ``--eval-split validation`` (training-split prompts that built no
@@ -220,7 +221,7 @@ def evaluation_prompts(split: str, n: int, pair_prompts: list[str]) -> list[str]
         used = set(pair_prompts)
         pool = [p for p in train if p not in used]
     else:
-        raise ValueError(f"--eval-split must be 'held-out' or 'validation', got {split!r}")
+        raise ValueError(f"--eval-split must be one of {', '.join(EVAL_SPLITS)}, got {split!r}")
     if not pool:
         raise ValueError("no validation prompts left: every training prompt built pairs (lower --train-prompts)")
     return world.sample_prompts(pool, n, seed=EVAL_PROMPT_SEED)
@@ -312,7 +313,8 @@ def run_demo(config: DemoConfig) -> dict:
     import diffalign  # noqa: F401  (torchvision CPU shim)
 
     check_method(config.method)
-    evaluation_prompts(config.eval_split, 1, [])  # a bad split name fails before any work
+    if config.eval_split not in EVAL_SPLITS:
+        raise ValueError(f"--eval-split must be one of {', '.join(EVAL_SPLITS)}, got {config.eval_split!r}")
     if config.threads:
         torch.set_num_threads(config.threads)
     clock = _Clock()
