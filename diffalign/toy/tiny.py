@@ -42,7 +42,8 @@ def clip_tokenizer_from_open_clip():
     from transformers import CLIPTokenizer
 
     bpe_path = os.path.join(os.path.dirname(open_clip.__file__), "bpe_simple_vocab_16e6.txt.gz")
-    lines = gzip.open(bpe_path).read().decode("utf-8").split("\n")
+    with gzip.open(bpe_path) as bpe_file:
+        lines = bpe_file.read().decode("utf-8").split("\n")
     merges = lines[1 : 49152 - 256 - 2 + 1]
     byte_tokens = list(_bytes_to_unicode().values())
     vocab = byte_tokens + [token + "</w>" for token in byte_tokens]
