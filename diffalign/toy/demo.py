@@ -105,6 +105,12 @@ def check_method(name: str):
     return methods[name]
 
 
+def check_eval_split(split: str) -> None:
+    """A ``ValueError`` naming the valid splits unless ``split`` is one of ``EVAL_SPLITS``."""
+    if split not in EVAL_SPLITS:
+        raise ValueError(f"--eval-split must be one of {', '.join(EVAL_SPLITS)}, got {split!r}")
+
+
 def win_rate(after: list[float], before: list[float]) -> dict[str, float]:
     """Wins, losses, ties of ``after`` over ``before`` (paired), the win rate (ties 1/2) and its standard error."""
     wins = sum(a > b for a, b in zip(after, before))
@@ -214,14 +220,13 @@ def align(config: DemoConfig, base: str, data: Path, output: Path) -> dict:
 def evaluation_prompts(split: str, n: int, pair_prompts: list[str]) -> list[str]:
     """``held-out``: the held-out split (the reported evaluation). ``validation``: training-split
     prompts that built no pair, for choosing training settings without looking at held-out results."""
+    check_eval_split(split)
     train, held_out = world.split_prompts()
     if split == "held-out":
         pool = held_out
-    elif split == "validation":
+    else:
         used = set(pair_prompts)
         pool = [p for p in train if p not in used]
-    else:
-        raise ValueError(f"--eval-split must be one of {', '.join(EVAL_SPLITS)}, got {split!r}")
     if not pool:
         raise ValueError("no validation prompts left: every training prompt built pairs (lower --train-prompts)")
     return world.sample_prompts(pool, n, seed=EVAL_PROMPT_SEED)
@@ -313,8 +318,7 @@ def run_demo(config: DemoConfig) -> dict:
     import diffalign  # noqa: F401  (torchvision CPU shim)
 
     check_method(config.method)
-    if config.eval_split not in EVAL_SPLITS:
-        raise ValueError(f"--eval-split must be one of {', '.join(EVAL_SPLITS)}, got {config.eval_split!r}")
+    check_eval_split(config.eval_split)
     if config.threads:
         torch.set_num_threads(config.threads)
     clock = _Clock()
