@@ -2,7 +2,7 @@
 
     python -m diffalign.benchmarks.inversion_cost [--families sd sdxl] [--pairs 2] [--steps 30] [--lora-rank 0]
 
-Each method trains a fresh copy of the same tiny pipeline (``diffalign.toy.tiny``, saved once and loaded
+Each method trains a fresh copy of the same tiny pipeline (``diffalign.tiny``, saved once and loaded
 through ``DiffusionModel.from_pretrained``) for ``--warmup`` + ``--steps`` optimiser steps on the same
 batch, the three methods' steps interleaved; step i draws its caption dropout, timesteps and noise from
 the same seed for every method, so all three see the same timesteps. Reported per method: mean seconds per step (compute_loss + backward +
@@ -26,7 +26,7 @@ import torch
 import diffalign  # noqa: F401
 from diffalign.diffusion.model import DiffusionModel, LoraSettings
 from diffalign.methods import get_method_class
-from diffalign.toy.tiny import build_tiny_pipeline
+from diffalign.tiny import build_tiny_pipeline
 
 METHODS = ("diffusion-dpo", "inpo", "smpo")
 

@@ -29,7 +29,7 @@ WORDS = "the sky sun grass sea is are was blue green red yellow bright dark very
 
 def _make_files(root: str, batch: int, hidden: int, layers: int) -> tuple[str, str]:
     import diffalign  # noqa: F401
-    from diffalign.text.tiny import save_tiny_lm
+    from diffalign.tiny import save_tiny_lm
 
     rng = random.Random(0)
     sentence = lambda n: " ".join(rng.choice(WORDS) for _ in range(n))  # noqa: E731

@@ -18,7 +18,7 @@ import os
 
 import torch
 
-from diffalign.toy.tiny import small_clip_tokenizer
+from diffalign.tiny import small_clip_tokenizer
 
 TINY_OPEN_CLIP = {
     "embed_dim": 32,

@@ -19,7 +19,7 @@ torch.set_num_threads(1)  # tiny models: one thread is fastest, and CI has 2 cor
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """``tiny_model_dir(family, prediction_type="epsilon")`` -> path of a saved tiny pipeline."""
-    from diffalign.toy.tiny import build_tiny_pipeline
+    from diffalign.tiny import build_tiny_pipeline
 
     built = {}
 

@@ -8,7 +8,7 @@ import torch
 
 import diffalign  # noqa: F401
 from diffalign.diffusion.inversion import ddim_invert, inverse_step_variance, inversion_grid
-from diffalign.toy.tiny import tiny_unet
+from diffalign.tiny import tiny_unet
 
 
 def exact_alphas_cumprod() -> torch.Tensor:

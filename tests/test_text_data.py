@@ -7,7 +7,7 @@ import torch
 import diffalign  # noqa: F401
 from diffalign.data.errors import DataError
 from diffalign.text import TextCollator, TextModel, build_text_dataset, sequence_logps, tokenize_completions
-from diffalign.text.tiny import tiny_lm, tiny_tokenizer
+from diffalign.tiny import tiny_lm, tiny_tokenizer
 
 CORPUS = ["the sky is blue", "the grass is green", "what color is the sky?", "it is red"] * 3
 

@@ -9,7 +9,7 @@ import pytest
 import diffalign  # noqa: F401
 from diffalign.cli import main
 from diffalign.methods import registered_methods
-from diffalign.text.tiny import save_tiny_lm
+from diffalign.tiny import save_tiny_lm
 from diffalign.training.config import TrainConfig
 from diffalign.training.loop import train
 

@@ -3,7 +3,7 @@
 import open_clip
 import torch
 
-from diffalign.toy.tiny import clip_tokenizer_from_open_clip
+from diffalign.tiny import clip_tokenizer_from_open_clip
 
 
 def test_ids_equal_open_clip_tokenizer():

@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 
 from diffalign.toy import world
-from diffalign.toy.tiny import small_clip_tokenizer, tiny_scheduler, tiny_text_encoder, tiny_unet
+from diffalign.tiny import small_clip_tokenizer, tiny_scheduler, tiny_text_encoder, tiny_unet
 
 TOY_MODEL_DIR = Path(__file__).resolve().parent / "assets" / "toy-sd"
 MAX_TOKENS = 16
