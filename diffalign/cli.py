@@ -2,6 +2,7 @@
 
     diffalign train --method NAME --model PATH_OR_ID --data PATH_OR_ID [options] [--config run.yaml]
     diffalign methods
+    diffalign cache --model PATH_OR_ID --data PATH_OR_ID --output DIR [--resolution R]
     accelerate launch -m diffalign train ...
 
 ``train`` flags are the fields of ``TrainConfig`` plus the chosen method's config fields
@@ -49,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     train_parser.set_defaults(func=run_train)
     methods_parser = subparsers.add_parser("methods", help="list the registered methods")
     methods_parser.set_defaults(func=run_methods)
+    _add_cache_command(subparsers)
     _add_plugin_commands(subparsers)
     return parser
 
@@ -79,6 +81,67 @@ def run_methods(args) -> int:
     width = max(len(name) for name in methods)
     for name, method in methods.items():
         print(f"{name:<{width}}  {method.modality:<9}  {method.data_format:<18}  {method.summary}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------- cache
+def _add_cache_command(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "cache", help="encode a diffusion data source once (VAE latents, text embeddings) for `train --data DIR`",
+        description="Run the VAE once per image (posterior mean and std, and of the mirror image for random flips) "
+                    "and the text encoders once per unique prompt, and write a folder that `diffalign train --data DIR` "
+                    "reads like the source. Training from it never loads the VAE or the text encoders.",
+    )
+    parser.add_argument("--model", required=True, help="diffusers pipeline folder or hub id whose VAE and text encoders to use")
+    parser.add_argument("--data", required=True, help="the data source (jsonl, txt, parquet, save_to_disk folder, hub id)")
+    parser.add_argument("--output", required=True, help="the cache folder to write (must not exist, or be empty)")
+    parser.add_argument("--format", default=None, help="data format to read the source as (default: from its fields: "
+                        "image pairs, captioned images, single images or prompts); or give --method")
+    parser.add_argument("--method", default=None, help="read the source as this method's data format")
+    parser.add_argument("--resolution", type=int, default=None, help="training resolution (default: the model's own)")
+    parser.add_argument("--random-flip", action=argparse.BooleanOptionalAction, default=True,
+                        help="also store the mirror image's latents, for training with random flips (default: on)")
+    parser.add_argument("--data-split", default="train", help="split of a dataset with several (default: train)")
+    parser.add_argument("--max-train-samples", type=int, default=None, help="cache only the first N valid rows")
+    parser.add_argument("--skip-bad-rows", action="store_true", help="skip and count bad rows instead of failing")
+    parser.add_argument("--batch-size", type=int, default=8, help="images or prompts per encoder call (default: 8)")
+    parser.add_argument("--shard-size", type=int, default=1024, help="rows per safetensors shard (default: 1024)")
+    parser.add_argument("--revision", default=None, help="model revision on the hub")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing cache folder")
+    parser.add_argument("--progress-bar", action=argparse.BooleanOptionalAction, default=True)
+    parser.set_defaults(func=run_cache)
+
+
+def run_cache(args) -> int:
+    import time
+
+    from diffalign.data import DataError, read_table
+    from diffalign.data.cache import build_cache, guess_format
+    from diffalign.diffusion.fingerprint import encoder_fingerprint
+    from diffalign.diffusion.model import DiffusionModel
+    from diffalign.errors import ModelLoadError
+    from diffalign.methods.base import UnknownMethodError, get_method_class
+
+    started = time.time()
+    try:
+        data_format = args.format
+        if args.method:
+            data_format = get_method_class(args.method).data_format
+        if data_format is None:
+            data_format = guess_format(read_table(args.data, args.data_split))
+        model = DiffusionModel.from_pretrained(args.model, reference=None, resolution=args.resolution, revision=args.revision)
+        info = build_cache(
+            model, args.data, args.output, data_format=data_format, encoders=encoder_fingerprint(args.model, args.revision),
+            model_name=args.model, split=args.data_split, resolution=model.resolution, random_flip=args.random_flip,
+            batch_size=args.batch_size, shard_size=args.shard_size, max_rows=args.max_train_samples,
+            skip_bad_rows=args.skip_bad_rows, overwrite=args.overwrite, progress=args.progress_bar,
+        )
+    except (UnknownMethodError, ModelLoadError, DataError, KeyError) as error:
+        raise UsageError(str(error).strip("'\"")) from error
+    skipped = sum(info["source"]["skipped"].values())
+    print(f"cached {info['source']['cached_rows']} rows of {args.data} as {data_format} ({info['images']} images, "
+          f"{len(info['prompts'])} prompts, {skipped} rows skipped) at {info['resolution']} px in "
+          f"{time.time() - started:.1f} s: {args.output}")
     return 0
 
 

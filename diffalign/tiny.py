@@ -219,6 +219,80 @@ _DEFAULT_CORPUS = [
 ]
 
 
+def build_sd_proportioned_pipeline(seed: int = 0, tokenizer=None):
+    """An SD1.5-proportioned ``StableDiffusionPipeline`` with random weights, for CPU cost benchmarks.
+
+    Same components and config keys as SD1.5 (4 UNet levels, 2 layers per block, cross-attention in
+    the top three levels, 8 heads; VAE with 4 levels of 2 ResNet layers, latents 4 channels / 8x
+    downsampling, scaling factor 0.18215; a CLIP text transformer with quick_gelu and head size 64;
+    epsilon prediction on the SD training schedule), scaled so that the cost split between the parts
+    is about SD1.5's at 512 px, but at 256 px images (32x32 latents):
+
+    - UNet: channels (48, 96, 192, 192) = SD's (320, 640, 1280, 1280) x 0.15, cross-attention dim
+      256, 19.9 M parameters (SD1.5: 860 M);
+    - VAE: channels (16, 32, 64, 64) = SD's (128, 256, 512, 512) / 8, 0.5 M encoder parameters;
+    - text encoder: hidden 256, 4 layers, 4 heads, MLP 1024 (SD1.5's CLIP ViT-L/14 text model: 768,
+      12 layers, 12 heads, 3072); the tokenizer is ``small_clip_tokenizer`` unless one is given (the
+      full CLIP vocabulary via ``clip_tokenizer_from_open_clip`` only grows the embedding table).
+
+    Measured forward costs at batch 2 on one CPU thread (torch 2.13, median of interleaved calls):
+    VAE encoder 256 px ~= 0.6 x one UNet forward (0.50-0.64 over runs; SD1.5 at 512 px: ~0.6), text
+    encoder (77 tokens) ~= 0.05 x one UNet forward; one UNet forward ~0.35 s.
+    """
+    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(seed)
+    tokenizer = tokenizer if tokenizer is not None else small_clip_tokenizer(_DEFAULT_CORPUS)
+    vocab_size = len(tokenizer)
+    unet = UNet2DConditionModel(
+        sample_size=32,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=2,
+        block_out_channels=(48, 96, 192, 192),
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        cross_attention_dim=256,
+        attention_head_dim=8,
+        norm_num_groups=16,
+    )
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        layers_per_block=2,
+        block_out_channels=(16, 32, 64, 64),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        norm_num_groups=16,
+        sample_size=256,
+    )
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=vocab_size,
+        hidden_size=256,
+        intermediate_size=1024,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        max_position_embeddings=CLIP_MAX_LENGTH,
+        hidden_act="quick_gelu",
+        projection_dim=256,
+        bos_token_id=vocab_size - 2,
+        eos_token_id=vocab_size - 1,
+        pad_token_id=vocab_size - 1,
+    ))
+    return StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=tiny_scheduler("epsilon"),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
 # ------------------------------------------------------------------------------ text LMs
 LM_SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 LM_CHAT_TEMPLATE = (

@@ -7,7 +7,14 @@
 
 Scorers register by name (``@register_scorer``) so the CLI and the pair builder can find them. The
 registry imports the built-in scorer modules lazily, on the first lookup, so that importing
-``diffalign.rewards`` stays cheap and scorers of other packages (the toy judge) are found too.
+``diffalign.rewards`` stays cheap. Scorers of other packages (the toy judge, third-party plugins) are
+found through the ``diffalign.scorers`` entry-point group, the way pytest finds its plugins: each entry
+names a module whose import registers its scorers, e.g. in the plugin's ``pyproject.toml``::
+
+    [project.entry-points."diffalign.scorers"]
+    toy = "diffalign.toy.judge"
+
+so ``rewards`` never imports a higher package (DESIGN.md §2: the higher one registers itself).
 
 Helpers shared by the implementations: ``batched`` (fixed-size chunks with a tqdm bar),
 ``resolve_device`` / ``resolve_dtype`` and the position-swap utilities ``mean_preference`` /
@@ -17,7 +24,7 @@ Helpers shared by the implementations: ``batched`` (fixed-size chunks with a tqd
 from __future__ import annotations
 
 import importlib
-import importlib.util
+import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Callable, ClassVar, Iterator, Sequence, TypeVar
@@ -68,9 +75,10 @@ class PairwiseScorer(ABC):
 
 _REGISTRY: dict[str, Callable[..., Scorer | PairwiseScorer]] = {}
 
-# Modules whose import registers scorers; optional ones are skipped when not installed.
+# Modules whose import registers scorers: the built-in ones, then those named by installed packages'
+# entry points in this group.
 _BUILTIN_MODULES = ("diffalign.rewards.hpsv2", "diffalign.rewards.pickscore", "diffalign.rewards.unifiedreward")
-_OPTIONAL_MODULES = ("diffalign.toy.judge",)
+ENTRY_POINT_GROUP = "diffalign.scorers"
 _builtins_loaded = False
 
 
@@ -93,10 +101,13 @@ def _load_builtin_scorers() -> None:
     _builtins_loaded = True
     for module in _BUILTIN_MODULES:
         importlib.import_module(module)
-    for module in _OPTIONAL_MODULES:
-        package = module.rpartition(".")[0]
-        if importlib.util.find_spec(package) is not None and importlib.util.find_spec(module) is not None:
-            importlib.import_module(module)
+    from importlib.metadata import entry_points
+
+    for entry_point in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            entry_point.load()  # importing the named module runs its @register_scorer decorators
+        except Exception as error:  # a broken plugin must not take the other scorers down with it
+            warnings.warn(f"scorer plugin {entry_point.name!r} ({entry_point.value}) failed to load: {error!r}", RuntimeWarning, stacklevel=3)
 
 
 def registered_scorers() -> dict[str, Callable[..., Scorer | PairwiseScorer]]:
@@ -108,7 +119,10 @@ def get_scorer(name: str, **options) -> Scorer | PairwiseScorer:
     """Build the scorer registered as ``name`` with its options (checkpoint, device, ...)."""
     _load_builtin_scorers()
     if name not in _REGISTRY:
-        raise KeyError(f"unknown scorer {name!r}; registered scorers: {', '.join(sorted(_REGISTRY)) or 'none'}")
+        raise KeyError(
+            f"unknown scorer {name!r}; registered scorers: {', '.join(sorted(_REGISTRY)) or 'none'} (scorers of other packages "
+            f"are found through the {ENTRY_POINT_GROUP!r} entry-point group: is the package that provides it installed?)"
+        )
     return _REGISTRY[name](**options)
 
 

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
+from diffalign.data import ImageOptions, get_format, read_table
 from diffalign.diffusion.attention import AttentionBackendError
-from diffalign.diffusion.modality import DiffusionModality
 from diffalign.diffusion.model import DiffusionModel, LoraSettings
 from diffalign.methods.base import get_method_class
 from diffalign.training import TrainConfig, build_method
@@ -18,8 +18,7 @@ def load(model_dir, reference="copy", lora_rank=0, attention="sdpa"):
 
 
 def first_batch(model, data, data_format="image_pairs", size=2):
-    config = TrainConfig(model="unused", data=data, resolution=64, random_flip=False)
-    dataset, collate = DiffusionModality().build_dataset(config, data_format, model)
+    dataset, collate = get_format(data_format).build(read_table(data), ImageOptions(resolution=64, random_flip=False))
     return collate([dataset[i] for i in range(size)])
 
 
@@ -27,11 +26,22 @@ def seeded(seed=0):
     return torch.Generator().manual_seed(seed)
 
 
+def loss(method, model, batch, seed):
+    """What the training loop does with one micro-batch: the encode step, then the method's loss."""
+    generator = seeded(seed)
+    return method.compute_loss(model, model.encode_batch(batch, generator, **method.encode_options()), generator)
+
+
+def forward_pair(method, model, batch, seed):
+    generator = seeded(seed)
+    return method.forward_pair(model, model.encode_batch(batch, generator, **method.encode_options()), generator)
+
+
 @pytest.mark.parametrize("family", ["sd", "sdxl"])
 def test_pairs_share_timestep_and_noise(tiny_model_dir, pair_jsonl, family):
     model = load(tiny_model_dir(family))
     method = build_method(TrainConfig(method="diffusion-dpo"))
-    pair = method.forward_pair(model, first_batch(model, pair_jsonl), seeded())
+    pair = forward_pair(method, model, first_batch(model, pair_jsonl), 0)
     t_w, t_l = pair.timesteps.chunk(2)
     noise_w, noise_l = pair.target.chunk(2)  # epsilon-prediction: the target is the noise
     assert torch.equal(t_w, t_l)
@@ -48,9 +58,9 @@ def test_dpo_equals_the_official_formula(tiny_model_dir, pair_jsonl, family):
             parameter.add_(0.01 * torch.randn_like(parameter))
     method = build_method(TrainConfig(method="diffusion-dpo", method_args={"beta": 5000}))
     batch = first_batch(model, pair_jsonl)
-    ours = method.compute_loss(model, batch, seeded(7))
+    ours = loss(method, model, batch, 7)
 
-    pair = method.forward_pair(model, batch, seeded(7))
+    pair = forward_pair(method, model, batch, 7)
     with torch.no_grad():
         model_pred = model.policy(pair.noisy, pair.timesteps, pair.cond)
         ref_pred = model.reference(pair.noisy, pair.timesteps, pair.cond)
@@ -72,7 +82,7 @@ def test_copy_and_adapter_references_agree_at_init(tiny_model_dir, pair_jsonl, f
         torch.manual_seed(0)
         model = load(tiny_model_dir(family), reference=reference, lora_rank=lora_rank)
         method = build_method(TrainConfig(method="diffusion-dpo"))
-        output = method.compute_loss(model, first_batch(model, pair_jsonl), seeded(3))
+        output = loss(method, model, first_batch(model, pair_jsonl), 3)
         losses.append(output.loss.item())
         assert output.loss.item() == pytest.approx(math.log(2), abs=1e-6)
     assert losses[1] == losses[2]
@@ -82,7 +92,7 @@ def test_v_prediction_target_is_the_velocity(tiny_model_dir, pair_jsonl):
     model = load(tiny_model_dir("sd", "v_prediction"))
     method = build_method(TrainConfig(method="diffusion-dpo"))
     batch = first_batch(model, pair_jsonl)
-    pair = method.forward_pair(model, batch, seeded(5))
+    pair = forward_pair(method, model, batch, 5)
     generator = seeded(5)
     torch.rand(2, generator=generator)  # caption dropout draws
     latents = model.encode_images(torch.cat([batch["chosen_pixels"], batch["rejected_pixels"]]), generator)
@@ -90,23 +100,23 @@ def test_v_prediction_target_is_the_velocity(tiny_model_dir, pair_jsonl):
     noise = torch.randn((2, *latents.shape[1:]), generator=generator).repeat(2, 1, 1, 1)
     expected = model.noise_scheduler.get_velocity(latents, noise, pair.timesteps)
     assert torch.allclose(pair.target, expected, atol=1e-5)
-    assert torch.isfinite(method.compute_loss(model, batch, seeded(5)).loss)
+    assert torch.isfinite(loss(method, model, batch, 5).loss)
 
 
 def test_sft_reads_only_the_chosen_image(tiny_model_dir, pair_jsonl):
     model = load(tiny_model_dir("sd"), reference=None)
     batch = first_batch(model, pair_jsonl, data_format="chosen_images")
-    assert set(batch) == {"prompts", "pixels"}
+    assert set(batch) == {"prompts", "image_pixels"}
     pairs = first_batch(model, pair_jsonl)
-    assert torch.equal(batch["pixels"], pairs["chosen_pixels"])
-    output = build_method(TrainConfig(method="sft")).compute_loss(model, batch, seeded())
+    assert torch.equal(batch["image_pixels"], pairs["chosen_pixels"])
+    output = loss(build_method(TrainConfig(method="sft")), model, batch, 0)
     assert output.loss.item() == pytest.approx(output.metrics["nll_loss"].item())
 
 
 def test_mapo_runs_without_a_reference(tiny_model_dir, pair_jsonl):
     model = load(tiny_model_dir("sdxl"), reference=None)
     assert model.reference_unet is None
-    output = build_method(TrainConfig(method="mapo")).compute_loss(model, first_batch(model, pair_jsonl), seeded())
+    output = loss(build_method(TrainConfig(method="mapo")), model, first_batch(model, pair_jsonl), 0)
     assert torch.isfinite(output.loss)
     assert get_method_class("mapo").needs_reference is False
 

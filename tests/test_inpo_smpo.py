@@ -47,8 +47,15 @@ def perturb(unet, seed=3, scale=0.02):
             parameter.add_(scale * torch.randn(parameter.shape, generator=generator))
 
 
+def encoded(method, model, batch, seed=0):
+    """The encode step of the training loop: (inputs, the generator to continue with)."""
+    generator = torch.Generator().manual_seed(seed)
+    return model.encode_batch(batch, generator, **method.encode_options()), generator
+
+
 def loss_of(method, model, batch, seed=0):
-    return method.compute_loss(model, batch, torch.Generator().manual_seed(seed))
+    inputs, generator = encoded(method, model, batch, seed)
+    return method.compute_loss(model, inputs, generator)
 
 
 @pytest.mark.parametrize("family", ["sd", "sdxl"])
@@ -140,10 +147,13 @@ def test_invert_with_reference_uses_the_frozen_network(load):
 def test_smpo_winner_is_the_higher_scored_image(load):
     model = load("sd")
     perturb(model.unet, seed=7)
-    batch = make_batch(chosen_scores=(0.18, 0.25), rejected_scores=(0.24, 0.2))
-    swapped = dict(batch, chosen_pixels=batch["rejected_pixels"].clone(), rejected_pixels=batch["chosen_pixels"].clone(),
-                   chosen_scores=batch["rejected_scores"].clone(), rejected_scores=batch["chosen_scores"].clone())
-    direct, mirrored = loss_of(SmPO(), model, batch), loss_of(SmPO(), model, swapped)
+    inputs, generator = encoded(SmPO(), model, make_batch(chosen_scores=(0.18, 0.25), rejected_scores=(0.24, 0.2)))
+    swapped = dict(inputs, chosen_latents=inputs["rejected_latents"].clone(), rejected_latents=inputs["chosen_latents"].clone(),
+                   chosen_scores=inputs["rejected_scores"].clone(), rejected_scores=inputs["chosen_scores"].clone())
+    state = generator.get_state()
+    direct = SmPO().compute_loss(model, inputs, generator)
+    generator.set_state(state)
+    mirrored = SmPO().compute_loss(model, swapped, generator)
     assert direct.metrics["smpo/swapped_to_score_winner"].item() == 0.5
     assert mirrored.metrics["smpo/swapped_to_score_winner"].item() == 0.5
     assert torch.equal(direct.losses, mirrored.losses)

@@ -15,7 +15,7 @@ from PIL import Image
 
 from diffalign.rewards import get_scorer
 from diffalign.rewards.hpsv2 import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, CheckpointError, HPSv2Scorer, hps_preprocess
-from diffalign.rewards.tiny import TINY_OPEN_CLIP, save_tiny_hps_checkpoint
+from tiny_rewards import TINY_OPEN_CLIP, save_tiny_hps_checkpoint
 
 
 def _noise(width, height, mode="RGB", seed=0):

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from diffalign.rewards import get_scorer
-from diffalign.rewards.tiny import save_tiny_pickscore
+from tiny_rewards import save_tiny_pickscore
 
 
 @pytest.fixture(scope="module")

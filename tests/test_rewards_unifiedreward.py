@@ -20,7 +20,7 @@ from PIL import Image
 
 from diffalign.rewards import get_scorer
 from diffalign.rewards.http_judge import HTTPJudge, JudgeRequestError
-from diffalign.rewards.tiny import save_tiny_unifiedreward
+from tiny_rewards import save_tiny_unifiedreward
 
 RED, BLUE = Image.new("RGB", (64, 48), "red"), Image.new("RGB", (40, 40), (0, 0, 255))
 

@@ -1,8 +1,10 @@
-"""Preference datasets: Pick-a-Pic v2 schema through ``datasets``, diffalign jsonl, image transforms."""
+"""Preference data: sources read into tables, registered data formats, image transforms, the latent cache."""
 
-from diffalign.data.datasets import ChosenImageDataset, ImagePairDataset, collate_images
 from diffalign.data.errors import DataError, SkipReport
-from diffalign.data.sources import ImageRow, ImageSource, load_image_source
+from diffalign.data.examples import ImageOptions, collate_examples
+from diffalign.data.formats import DataFormat, get_format, register_format, registered_formats
+from diffalign.data.tables import Table, read_table
+from diffalign.data.text_examples import TextOptions
 
-__all__ = ["ChosenImageDataset", "DataError", "ImagePairDataset", "ImageRow", "ImageSource", "SkipReport",
-           "collate_images", "load_image_source"]
+__all__ = ["DataError", "DataFormat", "ImageOptions", "SkipReport", "Table", "TextOptions", "collate_examples",
+           "get_format", "read_table", "register_format", "registered_formats"]

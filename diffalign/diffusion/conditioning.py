@@ -31,6 +31,26 @@ class Conditioning:
         added = None if self.added_cond_kwargs is None else {k: function(v) for k, v in self.added_cond_kwargs.items()}
         return Conditioning(function(self.prompt_embeds), added)
 
+    def where(self, mask: torch.Tensor, other: "Conditioning") -> "Conditioning":
+        """Rows of ``other`` (one row, broadcast) where ``mask`` (B,) is True, else this conditioning's rows."""
+        def pick(mine: torch.Tensor, theirs: torch.Tensor) -> torch.Tensor:
+            row_mask = mask.to(mine.device).reshape(-1, *[1] * (mine.dim() - 1))
+            return torch.where(row_mask, theirs.to(mine.device, mine.dtype), mine)
+
+        added = None
+        if self.added_cond_kwargs is not None:
+            added = {key: pick(value, other.added_cond_kwargs[key]) for key, value in self.added_cond_kwargs.items()}
+        return Conditioning(pick(self.prompt_embeds, other.prompt_embeds), added)
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The tensors by name (``prompt_embeds``, and SDXL's ``text_embeds``, ``time_ids``): what the cache stores."""
+        return {"prompt_embeds": self.prompt_embeds, **(self.added_cond_kwargs or {})}
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor]) -> "Conditioning":
+        added = {key: value for key, value in tensors.items() if key != "prompt_embeds"}
+        return cls(tensors["prompt_embeds"], added or None)
+
     def unet_kwargs(self) -> dict:
         kwargs = {"encoder_hidden_states": self.prompt_embeds}
         if self.added_cond_kwargs is not None:

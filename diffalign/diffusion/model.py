@@ -2,8 +2,14 @@
 
 It holds the trainable UNet (full or with LoRA adapters through peft), the frozen VAE and text
 encoders, the training noise schedule and the reference, and offers the few operations every
-method composes: encode images and prompts, forward noising, the policy and reference predictions,
-and the regression target for the model's ``prediction_type`` (epsilon or v).
+method composes: the encode step, forward noising, the policy and reference predictions, and the
+regression target for the model's ``prediction_type`` (epsilon or v).
+
+The encode step (``encode_batch``, DESIGN.md §4) runs between collate and loss: a raw batch (pixels
+and prompts, or their cached latents and embeddings) becomes model inputs (latents per image role,
+the prompt conditioning with caption dropout applied), so methods never call the VAE or a text
+encoder. Trained from a latent cache (``load_encoders=False``), the VAE and text encoders are never
+loaded; the empty-prompt conditioning then comes from the cache.
 
 Reference handling (research/diffusion_methods_A.md §2.3):
 - ``copy``: a frozen copy of the initial UNet (official Diffusion-DPO), in the mixed-precision dtype;
@@ -28,6 +34,10 @@ from diffalign.diffusion.noising import add_noise, epsilon_from_velocity, veloci
 from diffalign.errors import ModelLoadError
 
 FAMILIES = {"StableDiffusionPipeline": "sd", "StableDiffusionXLPipeline": "sdxl"}
+IMAGE_ROLES = ("chosen", "rejected", "image")
+"""Image roles of a batch (``<role>_pixels`` or ``<role>_latent_mean/_std``), in the order the encode
+step concatenates them: one posterior draw covers all images of a micro-batch."""
+ENCODED_SUFFIXES = ("_pixels", "_latent_mean", "_latent_std")
 DEFAULT_LORA_TARGETS = ["to_k", "to_q", "to_v", "to_out.0"]
 
 
@@ -71,11 +81,13 @@ class DiffusionModel:
 
     def __init__(self, family, unet, vae, text_encoders, tokenizers, noise_scheduler, inference_scheduler,
                  reference_unet=None, reference_mode: Optional[str] = None, lora: Optional[LoraSettings] = None,
-                 resolution: int = 512):
+                 resolution: int = 512, vae_config: Optional[dict] = None, source: Optional[str] = None,
+                 revision: Optional[str] = None):
         self.family = family
         self.unet = unet
         self.unwrapped_unet = unet
         self.vae = vae
+        self.vae_config = dict(vae_config if vae_config is not None else vae.config)
         self.text_encoders = list(text_encoders)
         self.tokenizers = list(tokenizers)
         self.noise_scheduler = noise_scheduler
@@ -84,22 +96,27 @@ class DiffusionModel:
         self.reference_mode = reference_mode
         self.lora = lora
         self.resolution = resolution
+        self.source, self.revision = source, revision
         self.alphas_cumprod = noise_scheduler.alphas_cumprod.to(torch.float64)
         self.prediction_type = noise_scheduler.config.prediction_type
         self.num_train_timesteps = noise_scheduler.config.num_train_timesteps
         self.device = torch.device("cpu")
         self.weight_dtype = torch.float32
+        self._empty_conditioning: Optional[Conditioning] = None
         if self.prediction_type not in ("epsilon", "v_prediction"):
             raise ModelLoadError(f"prediction_type {self.prediction_type!r} is not supported (epsilon, v_prediction)")
 
     # ----------------------------------------------------------------------------------- loading
     @classmethod
     def from_pretrained(cls, model: str, *, reference: Optional[str] = "copy", lora: Optional[LoraSettings] = None,
-                        attention: str = "sdpa", gradient_checkpointing: bool = False, resolution: int = 512,
-                        revision: Optional[str] = None) -> "DiffusionModel":
+                        attention: str = "sdpa", gradient_checkpointing: bool = False, resolution: Optional[int] = None,
+                        revision: Optional[str] = None, load_encoders: bool = True) -> "DiffusionModel":
         """Load the components of an SD1.x/2.x or SDXL pipeline (hub id or local folder).
 
         ``reference``: None (no reference), ``copy`` or ``adapters`` (needs ``lora``).
+        ``resolution``: of the training images; None is the model's own (UNet sample size x VAE factor).
+        ``load_encoders=False``: only the VAE's config is read, and neither the VAE nor the text encoders
+        are loaded (training from a latent cache).
         """
         import diffusers
         from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
@@ -121,18 +138,28 @@ class DiffusionModel:
                 raise ModelLoadError(f"could not load {subfolder}/ of {model!r}: {error}") from error
 
         unet = load(UNet2DConditionModel, "unet")
-        vae = load(AutoencoderKL, "vae")
-        tokenizers = [load(CLIPTokenizer, "tokenizer")]
-        text_encoders = [load(CLIPTextModel, "text_encoder")]
-        if family == "sdxl":
-            tokenizers.append(load(CLIPTokenizer, "tokenizer_2"))
-            text_encoders.append(load(CLIPTextModelWithProjection, "text_encoder_2"))
+        vae, vae_config, text_encoders, tokenizers = None, None, [], []
+        if load_encoders:
+            vae = load(AutoencoderKL, "vae")
+            tokenizers = [load(CLIPTokenizer, "tokenizer")]
+            text_encoders = [load(CLIPTextModel, "text_encoder")]
+            if family == "sdxl":
+                tokenizers.append(load(CLIPTokenizer, "tokenizer_2"))
+                text_encoders.append(load(CLIPTextModelWithProjection, "text_encoder_2"))
+        else:
+            try:
+                vae_config = AutoencoderKL.load_config(model, subfolder="vae", revision=revision)
+            except Exception as error:
+                raise ModelLoadError(f"could not read vae/config.json of {model!r}: {error}") from error
+        if resolution is None:
+            vae_blocks = len((vae.config if vae is not None else vae_config)["block_out_channels"])
+            resolution = unet.config.sample_size * 2 ** (vae_blocks - 1)
         noise_scheduler = load(DDPMScheduler, "scheduler")
         inference_scheduler = load(getattr(diffusers, index["scheduler"][1]), "scheduler")
 
         for frozen in (vae, *text_encoders):
-            frozen.requires_grad_(False)
-            frozen.eval()
+            if frozen is not None:
+                frozen.requires_grad_(False).eval()
         set_attention_backend(unet, attention)
         reference_unet = None
         if reference == "copy":
@@ -144,7 +171,13 @@ class DiffusionModel:
             unet.enable_gradient_checkpointing()
         unet.train()
         return cls(family, unet, vae, text_encoders, tokenizers, noise_scheduler, inference_scheduler,
-                   reference_unet=reference_unet, reference_mode=reference, lora=lora, resolution=resolution)
+                   reference_unet=reference_unet, reference_mode=reference, lora=lora, resolution=resolution,
+                   vae_config=vae_config, source=model, revision=revision)
+
+    @property
+    def has_encoders(self) -> bool:
+        """Whether the VAE and text encoders are loaded (not when training from a latent cache)."""
+        return self.vae is not None
 
     # ------------------------------------------- the training loop's ModelAdapter protocol
     def trainable_module(self) -> torch.nn.Module:
@@ -159,7 +192,8 @@ class DiffusionModel:
         self.device = torch.device(device)
         self.weight_dtype = dtype
         cast = {} if dtype == torch.float32 else {"dtype": dtype}
-        self.vae.to(self.device)
+        if self.vae is not None:
+            self.vae.to(self.device)
         for text_encoder in self.text_encoders:
             text_encoder.to(self.device, **cast)
         if self.reference_unet is not None:
@@ -183,7 +217,11 @@ class DiffusionModel:
             pipeline_class.save_lora_weights(output_dir, unet_lora_layers=layers, safe_serialization=True)
             return
         unet = copy.deepcopy(unwrapped).to("cpu", dtype=torch.float32)
-        self.build_pipeline(unet=unet, device="cpu").save_pretrained(output_dir, safe_serialization=True)
+        if self.has_encoders:
+            pipeline = self.build_pipeline(unet=unet, device="cpu")
+        else:  # trained from a latent cache: the other components come from the source model's files
+            pipeline = pipeline_class.from_pretrained(self.source, unet=unet, revision=self.revision)
+        pipeline.save_pretrained(output_dir, safe_serialization=True)
 
     # ------------------------------------------------------------------------------ generation
     def pipeline_class(self):
@@ -204,17 +242,79 @@ class DiffusionModel:
         pipeline = self.pipeline_class()(**components)
         return pipeline.to(device) if device is not None else pipeline
 
+    # ---------------------------------------------------------------------------- the encode step
+    def encode_batch(self, batch: dict, generator: Optional[torch.Generator] = None, caption_dropout: float = 0.0) -> dict:
+        """Model inputs of a collated batch; all randomness from ``generator``, drawn in this order:
+
+        1. caption dropout: B uniforms (always, so the stream does not depend on the probability); a
+           prompt whose draw is below ``caption_dropout`` gets the empty prompt's conditioning
+           (official Diffusion-DPO / SmPO / InPO: 0.2, research/diffusion_methods_A.md Q5);
+        2. one posterior sample for every image of the batch, roles concatenated in ``IMAGE_ROLES``
+           order: latents = (mean + std * N(0, I) - shift) * scaling_factor (a sample, not the mode, as
+           the official trainers do), from the VAE (float32, outside autocast) or from cached mean/std.
+
+        Returns the batch's other keys unchanged, plus ``<role>_latents`` (B, C, h, w) per image role,
+        ``cond`` (B rows) and, with negative prompts, ``negative_cond`` (one row per negative prompt).
+        """
+        prompts = batch["prompts"]
+        inputs = {key: value for key, value in batch.items()
+                  if not key.endswith(ENCODED_SUFFIXES) and key not in ("prompt_cond", "negative_prompt_cond")}
+        dropped = torch.rand(len(prompts), generator=generator) < caption_dropout
+        roles = [role for role in IMAGE_ROLES if f"{role}_pixels" in batch or f"{role}_latent_mean" in batch]
+        if roles:
+            if f"{roles[0]}_pixels" in batch:
+                mean, std = self.posterior(torch.cat([batch[f"{role}_pixels"] for role in roles]))
+            else:
+                mean = torch.cat([batch[f"{role}_latent_mean"] for role in roles]).to(self.device, torch.float32)
+                std = torch.cat([batch[f"{role}_latent_std"] for role in roles]).to(self.device, torch.float32)
+            latents = self.sample_latents(mean, std, generator)
+            inputs.update({f"{role}_latents": chunk for role, chunk in zip(roles, latents.split(len(prompts)))})
+        inputs["cond"] = self._conditioning(batch.get("prompt_cond"), prompts).where(dropped, self.empty_conditioning())
+        if "negative_prompts" in batch:
+            flat = [prompt for negatives in batch["negative_prompts"] for prompt in negatives]
+            inputs["negative_cond"] = self._conditioning(batch.get("negative_prompt_cond"), flat)
+        return inputs
+
+    def empty_conditioning(self) -> Conditioning:
+        """The empty prompt's conditioning (one row), which caption dropout swaps in."""
+        if self._empty_conditioning is None:
+            if not self.has_encoders:
+                raise RuntimeError("no text encoders are loaded: set_empty_conditioning() from the latent cache first")
+            self._empty_conditioning = self.encode_prompts([""])
+        return self._empty_conditioning
+
+    def set_empty_conditioning(self, tensors: dict[str, torch.Tensor]) -> None:
+        """The empty prompt's conditioning from a latent cache (one row per tensor)."""
+        self._empty_conditioning = self._to_model(Conditioning.from_tensors(tensors))
+
+    def _conditioning(self, cached: Optional[dict], prompts: Sequence[str]) -> Conditioning:
+        if cached is not None:
+            return self._to_model(Conditioning.from_tensors(cached))
+        if not self.has_encoders:
+            raise RuntimeError("this batch has raw prompts but the text encoders are not loaded")
+        return self.encode_prompts(prompts)
+
+    def _to_model(self, cond: Conditioning) -> Conditioning:
+        """Cached embeddings on the model's device, in the dtype the text encoders would produce."""
+        return cond.map(lambda tensor: tensor.to(self.device, self.weight_dtype if tensor.is_floating_point() else tensor.dtype))
+
     # ------------------------------------------------------------------------------ operations
     @torch.no_grad()
-    def encode_images(self, pixels: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        """VAE latents of images in [-1, 1], (B, 3, H, W) -> (B, 4, H/8, W/8): a posterior sample
-        (not the mode, as the official trainers do) times the VAE scaling factor."""
+    def posterior(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The VAE posterior's mean and std of images in [-1, 1], (B, 3, H, W) -> 2 x (B, C, H/8, W/8), float32."""
         pixels = pixels.to(self.device, dtype=torch.float32)
-        posterior = self.vae.encode(pixels).latent_dist
-        noise = torch.randn(posterior.mean.shape, generator=generator, dtype=torch.float32).to(self.device)
-        latents = posterior.mean + posterior.std * noise
-        shift = getattr(self.vae.config, "shift_factor", None) or 0.0
-        return (latents - shift) * self.vae.config.scaling_factor
+        distribution = self.vae.encode(pixels).latent_dist
+        return distribution.mean, distribution.std
+
+    def sample_latents(self, mean: torch.Tensor, std: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """A posterior sample times the VAE scaling factor (after its shift, where the VAE has one)."""
+        noise = torch.randn(mean.shape, generator=generator, dtype=torch.float32).to(mean.device)
+        shift = self.vae_config.get("shift_factor") or 0.0
+        return (mean + std * noise - shift) * self.vae_config["scaling_factor"]
+
+    def encode_images(self, pixels: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """VAE latents of images in [-1, 1]: a posterior sample (``sample_latents``)."""
+        return self.sample_latents(*self.posterior(pixels), generator)
 
     def encode_prompts(self, prompts: Sequence[str]) -> Conditioning:
         if self.family == "sdxl":

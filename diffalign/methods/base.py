@@ -7,11 +7,14 @@ A method is a small class that declares what it needs and computes a loss:
   ``diffalign train`` flags (``beta`` -> ``--beta``);
 - ``modality``: the model family it trains (``diffusion`` or ``text``), which decides how the model
   is loaded, which data formats are read and how the result is exported;
-- ``data_format``: the examples it consumes (see ``DATA_FORMATS``);
+- ``data_format``: the registered data format it consumes (``diffalign.data.formats``);
 - ``needs_reference``: whether a frozen reference (a copy, or the LoRA base with adapters disabled)
   must be provided;
-- ``compute_loss(model, batch, generator)`` with all randomness drawn from ``generator`` so that tests
-  and resumed runs reproduce it.
+- ``encode_options()``: keyword arguments of the model's encode step (``caption_dropout``);
+- ``compute_loss(model, inputs, generator)`` on the encoded batch (``model.encode_batch``: latents and
+  conditioning, never pixels or prompts), with all randomness drawn from ``generator`` so that tests
+  and resumed runs reproduce it;
+- optionally ``step_metrics(metrics)``: metrics of a whole optimiser step derived from the reduced ones.
 
 The training loop (``diffalign.training``) is shared and knows nothing method-specific.
 """
@@ -24,16 +27,8 @@ from typing import Any, ClassVar
 
 import torch
 
+from diffalign.data.formats import registered_formats
 from diffalign.objectives import ObjectiveOutput
-
-DATA_FORMATS = {
-    "image_pairs": "prompt + chosen image + rejected image (Pick-a-Pic v2 schema or diffalign jsonl)",
-    "scored_image_pairs": "image pairs that also carry both images' reward scores",
-    "chosen_images": "prompt + one preferred image (image pairs are reduced to their winner)",
-    "text_pairs": "prompt + chosen + rejected completions (TRL preference format)",
-    "text_unpaired": "prompt + completion + desirable/undesirable label (TRL unpaired format)",
-    "text_ranked": "prompt + several completions with scores (listwise)",
-}
 
 
 @dataclass
@@ -52,10 +47,21 @@ class Method(ABC):
     def __init__(self, config: MethodConfig | None = None):
         self.config = config if config is not None else self.config_class()
 
+    def encode_options(self) -> dict[str, Any]:
+        """Keyword arguments the training loop passes to ``model.encode_batch`` (none by default)."""
+        return {}
+
     @abstractmethod
-    def compute_loss(self, model: Any, batch: dict[str, Any], generator: torch.Generator | None = None) -> ObjectiveOutput:
-        """Loss of one micro-batch. ``model`` is the modality's model adapter
+    def compute_loss(self, model: Any, inputs: dict[str, Any], generator: torch.Generator | None = None) -> ObjectiveOutput:
+        """Loss of one encoded micro-batch. ``model`` is the modality's model adapter
         (``diffalign.diffusion.DiffusionModel`` or ``diffalign.text.TextModel``)."""
+
+    def step_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
+        """A whole optimiser step's metrics from the ones the loop reduced (count-weighted over
+        micro-batches and processes, see ``ObjectiveOutput.metric_counts``): a method whose metric is
+        not a mean of per-micro-batch values (KTO's margins = step chosen - step rejected) derives it
+        here. The default returns ``metrics`` unchanged."""
+        return metrics
 
 
 _REGISTRY: dict[str, type[Method]] = {}
@@ -65,8 +71,11 @@ def register_method(cls: type[Method]) -> type[Method]:
     """Class decorator: make ``cls`` available under ``cls.name``."""
     if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
         raise ValueError(f"method name {cls.name!r} is already registered by {_REGISTRY[cls.name].__qualname__}")
-    if cls.data_format not in DATA_FORMATS:
-        raise ValueError(f"{cls.__qualname__}.data_format {cls.data_format!r} is not one of {sorted(DATA_FORMATS)}")
+    formats = registered_formats()
+    if cls.data_format not in formats:
+        raise ValueError(f"{cls.__qualname__}.data_format {cls.data_format!r} is not one of {sorted(formats)}")
+    if formats[cls.data_format].modality != cls.modality:
+        raise ValueError(f"{cls.__qualname__} is a {cls.modality} method but {cls.data_format!r} holds {formats[cls.data_format].modality} data")
     _REGISTRY[cls.name] = cls
     return cls
 

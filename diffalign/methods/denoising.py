@@ -1,18 +1,16 @@
-"""What the diffusion preference methods share: caption dropout, noising a [winners; losers] batch with
-the timestep and noise shared per pair, and one concatenated policy forward.
+"""What the diffusion preference methods share: the encode options (caption dropout), noising a
+[winners; losers] batch with the timestep and noise shared per pair, and one concatenated policy forward.
 
-Randomness comes from the ``generator`` passed to ``compute_loss``, drawn in this order: caption
-dropout (B uniforms), the VAE posterior sample, the timesteps (B), then whatever
-``noisy_latents_and_targets`` draws (forward noising: the noise, B latents). Tests and resumed runs
-rely on this order.
+Randomness comes from the step's ``generator``, drawn in this order: caption dropout (B uniforms) and
+the VAE posterior sample in the model's encode step (``DiffusionModel.encode_batch``), then in
+``compute_loss`` the timesteps (B) and whatever ``noisy_latents_and_targets`` draws (forward noising:
+the noise, B latents). Tests and resumed runs rely on this order.
 """
 
 from __future__ import annotations
 
 from abc import abstractmethod
 from dataclasses import dataclass
-from typing import Sequence
-
 import torch
 
 from diffalign.diffusion import Conditioning, denoising_logps
@@ -21,12 +19,14 @@ from diffalign.methods.base import Method
 from diffalign.objectives import ObjectiveOutput
 
 
-def drop_captions(prompts: Sequence[str], probability: float, generator: torch.Generator | None) -> list[str]:
-    """Replace each prompt by "" with ``probability`` (official Diffusion-DPO/SmPO/InPO: 0.2, spec Q5).
+class DenoisingMethod(Method):
+    """Base of the diffusion methods: their config's ``caption_dropout`` is an encode option (the
+    model's encode step swaps in the empty prompt's conditioning)."""
 
-    Always draws len(prompts) uniforms so the random stream does not depend on the probability."""
-    draws = torch.rand(len(prompts), generator=generator)
-    return ["" if draw < probability else prompt for prompt, draw in zip(prompts, draws.tolist())]
+    modality = "diffusion"
+
+    def encode_options(self) -> dict:
+        return {"caption_dropout": self.config.caption_dropout}
 
 
 @dataclass
@@ -44,30 +44,28 @@ class PairForward:
         return chosen, rejected
 
 
-class PairwiseDenoisingMethod(Method):
+class PairwiseDenoisingMethod(DenoisingMethod):
     """Base of the methods trained on image pairs: subclasses define ``objective``.
 
     ``noisy_latents_and_targets`` is the latent provider: forward noising here; inversion-based
     methods (InPO, SmPO) replace it.
     """
 
-    modality = "diffusion"
     data_format = "image_pairs"
 
-    def compute_loss(self, model, batch, generator=None) -> ObjectiveOutput:
-        pair = self.forward_pair(model, batch, generator)
+    def compute_loss(self, model, inputs, generator=None) -> ObjectiveOutput:
+        pair = self.forward_pair(model, inputs, generator)
         policy_chosen, policy_rejected = pair.logps(model.policy(pair.noisy, pair.timesteps, pair.cond))
-        output = self.objective(model, pair, policy_chosen, policy_rejected, batch)
+        output = self.objective(model, pair, policy_chosen, policy_rejected, inputs)
         output.metrics["diffusion/mse_w"] = (-2 * policy_chosen).detach().mean()
         output.metrics["diffusion/mse_l"] = (-2 * policy_rejected).detach().mean()
         return output
 
-    def forward_pair(self, model, batch, generator) -> PairForward:
-        prompts = drop_captions(batch["prompts"], self.config.caption_dropout, generator)
-        pixels = torch.cat([batch["chosen_pixels"], batch["rejected_pixels"]], dim=0)
-        latents = model.encode_images(pixels, generator)
-        timesteps = repeat_for_pair(sample_timesteps(len(prompts), model.num_train_timesteps, generator, latents.device))
-        cond = model.encode_prompts(prompts).repeat_for_pair()
+    def forward_pair(self, model, inputs, generator) -> PairForward:
+        latents = torch.cat([inputs["chosen_latents"], inputs["rejected_latents"]], dim=0)
+        pairs = inputs["chosen_latents"].shape[0]
+        timesteps = repeat_for_pair(sample_timesteps(pairs, model.num_train_timesteps, generator, latents.device))
+        cond = inputs["cond"].repeat_for_pair()
         noisy, target = self.noisy_latents_and_targets(model, latents, timesteps, cond, generator)
         return PairForward(noisy, target, timesteps, cond)
 
@@ -78,7 +76,7 @@ class PairwiseDenoisingMethod(Method):
         return model.add_noise(latents, noise, timesteps), model.target(latents, noise, timesteps)
 
     @abstractmethod
-    def objective(self, model, pair: PairForward, policy_chosen, policy_rejected, batch) -> ObjectiveOutput:
+    def objective(self, model, pair: PairForward, policy_chosen, policy_rejected, inputs) -> ObjectiveOutput:
         """The method's loss from the policy's (chosen, rejected) scores of ``pair``."""
 
 

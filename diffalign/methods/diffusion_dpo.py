@@ -32,10 +32,10 @@ class DiffusionDPO(PairwiseDenoisingMethod):
     config_class = DiffusionDPOConfig
     needs_reference = True
 
-    def objective(self, model, pair, policy_chosen, policy_rejected, batch):
+    def objective(self, model, pair, policy_chosen, policy_rejected, inputs):
         ref_chosen, ref_rejected = pair.logps(model.reference(pair.noisy, pair.timesteps, pair.cond))
         output = dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta=self.beta_for(model),
-                          sample_weight=self.sample_weight(batch))
+                          sample_weight=self.sample_weight(inputs))
         output.metrics.update(reference_metrics(ref_chosen, ref_rejected))
         return output
 
@@ -43,6 +43,6 @@ class DiffusionDPO(PairwiseDenoisingMethod):
         """beta for this model (InPO/SmPO pick the official value per model family)."""
         return self.config.beta
 
-    def sample_weight(self, batch):
+    def sample_weight(self, inputs):
         """Per-pair multiplier of beta (None = 1); SmPO's smoothed weight overrides this."""
         return None

@@ -107,8 +107,8 @@ class InversionDPO(DiffusionDPO):
         self._inversion_forwards = result.image_forwards
         return result.latents, model.target(latents, result.target, timesteps)
 
-    def objective(self, model, pair, policy_chosen, policy_rejected, batch):
-        output = super().objective(model, pair, policy_chosen, policy_rejected, batch)
+    def objective(self, model, pair, policy_chosen, policy_rejected, inputs):
+        output = super().objective(model, pair, policy_chosen, policy_rejected, inputs)
         output.metrics["inversion/image_forwards"] = torch.tensor(float(self._inversion_forwards))
         return output
 

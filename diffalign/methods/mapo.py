@@ -34,7 +34,7 @@ class MaPO(PairwiseDenoisingMethod):
     config_class = MaPOConfig
     needs_reference = False
 
-    def objective(self, model, pair, policy_chosen, policy_rejected, batch):
+    def objective(self, model, pair, policy_chosen, policy_rejected, inputs):
         config = self.config
         return mapo_loss(policy_chosen, policy_rejected, beta=config.beta, margin_scale=config.margin_scale,
                          snr=config.snr, logp_scale=DENOISING_LOGP_SCALE)

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 from diffalign.diffusion import DENOISING_LOGP_SCALE, denoising_logps
 from diffalign.diffusion.noising import sample_noise, sample_timesteps
-from diffalign.methods.base import Method, MethodConfig, register_method
-from diffalign.methods.denoising import drop_captions
+from diffalign.methods.base import MethodConfig, register_method
+from diffalign.methods.denoising import DenoisingMethod
 from diffalign.objectives import sft_loss
 
 
@@ -23,20 +23,17 @@ class SFTConfig(MethodConfig):
 
 
 @register_method
-class SFT(Method):
+class SFT(DenoisingMethod):
     name = "sft"
     summary = "SFT: denoising loss on the preferred image of each pair, no reference (images)"
     config_class = SFTConfig
-    modality = "diffusion"
     data_format = "chosen_images"
     needs_reference = False
 
-    def compute_loss(self, model, batch, generator=None):
-        prompts = drop_captions(batch["prompts"], self.config.caption_dropout, generator)
-        latents = model.encode_images(batch["pixels"], generator)
-        timesteps = sample_timesteps(len(prompts), model.num_train_timesteps, generator, latents.device)
+    def compute_loss(self, model, inputs, generator=None):
+        latents = inputs["image_latents"]
+        timesteps = sample_timesteps(latents.shape[0], model.num_train_timesteps, generator, latents.device)
         noise = sample_noise(tuple(latents.shape), generator, latents.device, latents.dtype)
-        cond = model.encode_prompts(prompts)
-        prediction = model.policy(model.add_noise(latents, noise, timesteps), timesteps, cond)
+        prediction = model.policy(model.add_noise(latents, noise, timesteps), timesteps, inputs["cond"])
         logps = denoising_logps(prediction, model.target(latents, noise, timesteps))
         return sft_loss(logps, logp_scale=DENOISING_LOGP_SCALE)

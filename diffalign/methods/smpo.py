@@ -62,33 +62,33 @@ class SmPO(InversionDPO):
     renoise_steps = 1
     family_inversion_steps = {"sd": 5, "sdxl": 10}
 
-    def compute_loss(self, model, batch, generator=None):
-        missing = [key for key in SCORE_KEYS if key not in batch]
+    def compute_loss(self, model, inputs, generator=None):
+        missing = [key for key in SCORE_KEYS if key not in inputs]
         if missing:
             raise KeyError(
                 f"smpo needs both images' reward scores but the batch has no {', '.join(missing)}: use scored pairs "
                 "(jsonl chosen_score / rejected_score from `diffalign score` / `diffalign pairs`, or ps_score_0 / ps_score_1 columns)"
             )
-        swap = order_by_score(batch["chosen_scores"].float(), batch["rejected_scores"].float())
-        batch = swap_pairs(batch, swap)
-        output = super().compute_loss(model, batch, generator)
-        kappa = self.sample_weight(batch)
+        swap = order_by_score(inputs["chosen_scores"].float(), inputs["rejected_scores"].float())
+        inputs = swap_pairs(inputs, swap)
+        output = super().compute_loss(model, inputs, generator)
+        kappa = self.sample_weight(inputs)
         output.metrics["smpo/kappa"] = kappa.mean()
         output.metrics["smpo/swapped_to_score_winner"] = swap.float().mean()
         return output
 
-    def sample_weight(self, batch):
+    def sample_weight(self, inputs):
         return smoothed_preference_weight(
-            batch["chosen_scores"].float(), batch["rejected_scores"].float(),
+            inputs["chosen_scores"].float(), inputs["rejected_scores"].float(),
             self.config.score_min, self.config.score_max, self.config.gamma,
         )
 
 
-def swap_pairs(batch: dict, swap: torch.Tensor) -> dict:
-    """A copy of ``batch`` with chosen and rejected pixels and scores exchanged where ``swap`` (B,) is True."""
-    swapped = dict(batch)
-    for chosen_key, rejected_key in (("chosen_pixels", "rejected_pixels"), SCORE_KEYS):
-        chosen, rejected = batch[chosen_key], batch[rejected_key]
+def swap_pairs(inputs: dict, swap: torch.Tensor) -> dict:
+    """A copy of ``inputs`` with chosen and rejected latents and scores exchanged where ``swap`` (B,) is True."""
+    swapped = dict(inputs)
+    for chosen_key, rejected_key in (("chosen_latents", "rejected_latents"), SCORE_KEYS):
+        chosen, rejected = inputs[chosen_key], inputs[rejected_key]
         mask = swap.to(chosen.device).reshape(-1, *[1] * (chosen.dim() - 1))
         swapped[chosen_key] = torch.where(mask, rejected, chosen)
         swapped[rejected_key] = torch.where(mask, chosen, rejected)

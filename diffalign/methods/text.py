@@ -29,7 +29,7 @@ import torch
 from diffalign.methods.base import Method, MethodConfig, register_method
 from diffalign.objectives import (
     ObjectiveOutput, PAIRWISE_LOSSES, combine_losses, kto_ref_point, lipo_lambda_loss, odds_ratio_loss, pairwise_loss,
-    sft_loss, unpaired_loss,
+    sft_loss, unpaired_loss, unpaired_step_metrics,
 )
 from diffalign.text.logprobs import SequenceLogps
 
@@ -265,7 +265,9 @@ class TextKTOConfig(MethodConfig):
 class TextKTO(Method):
     """KTO (Ethayarajh et al. 2024, arXiv 2402.01306; TRL ``KTOTrainer``). The reference point z0 is
     estimated from the micro-batch's mismatched completions (prompt i with completion i-1), averaged
-    across processes."""
+    across processes. As TRL logs them, a step's ``rewards/chosen|rejected`` and ``logps/chosen|rejected``
+    are means over all its desirable / undesirable examples (whatever micro-batch or process they fell
+    in) and ``rewards/margins`` is their difference."""
 
     name = "text-kto"
     summary = "KTO: unpaired desirable/undesirable completions with a KL reference point"
@@ -286,6 +288,9 @@ class TextKTO(Method):
         output = unpaired_loss(policy.sum, ref, batch["label"], loss_type=c.loss_type, beta=c.beta, ref_point=ref_point,
                                desirable_weight=c.desirable_weight, undesirable_weight=c.undesirable_weight)
         return _with_token_metrics(output, batch)
+
+    def step_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
+        return unpaired_step_metrics(metrics)  # margins = the step's chosen - rejected means, as TRL
 
 
 def _all_reduce_mean(value: torch.Tensor) -> torch.Tensor:

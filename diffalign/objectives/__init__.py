@@ -22,7 +22,7 @@ from diffalign.objectives.output import ObjectiveOutput
 from diffalign.objectives.pairwise import PAIRWISE_LOSSES, f_divergence_score, pairwise_loss
 from diffalign.objectives.sft import sft_loss
 from diffalign.objectives.smoothing import order_by_score, smoothed_preference, smoothed_preference_weight, smoothing_weight
-from diffalign.objectives.unpaired import UNPAIRED_LOSSES, kto_ref_point, unpaired_loss
+from diffalign.objectives.unpaired import UNPAIRED_LOSSES, kto_ref_point, unpaired_loss, unpaired_step_metrics
 
 __all__ = [
     "ObjectiveOutput",
@@ -46,4 +46,5 @@ __all__ = [
     "smoothed_preference_weight",
     "smoothing_weight",
     "unpaired_loss",
+    "unpaired_step_metrics",
 ]

@@ -58,8 +58,9 @@ def unpaired_loss(
 
     ``ref_point`` is z0 for ``kto`` (required) and must be None for ``apo_zero_unpaired``.
     Metrics (TRL names): ``kl`` (z0), ``rewards/chosen|rejected`` (mean beta * u over desirable /
-    undesirable examples, present only when there are any), ``rewards/margins`` (when both are),
-    ``logps/chosen|rejected``. Like TRL's KTO there is no ``rewards/accuracies``.
+    undesirable examples, present only when there are any; ``metric_counts`` holds how many),
+    ``rewards/margins`` (when both are; a training step recomputes it with ``unpaired_step_metrics``),
+    ``logps/chosen|rejected`` (same subsets and counts). Like TRL's KTO there is no ``rewards/accuracies``.
     """
     if loss_type not in UNPAIRED_LOSSES:
         raise ValueError(f"unknown unpaired loss_type {loss_type!r}; expected one of {UNPAIRED_LOSSES}")
@@ -82,11 +83,22 @@ def unpaired_loss(
     losses = torch.where(desirable, desirable_weight * desirable_losses, undesirable_weight * undesirable_losses)
 
     rewards = beta * logratio.detach()
-    metrics = {"kl": z0.reshape(())}
+    metrics, counts = {"kl": z0.reshape(())}, {}
     for key, mask in (("chosen", desirable), ("rejected", ~desirable)):
         if mask.any():
             metrics[f"rewards/{key}"] = rewards[mask].mean()
             metrics[f"logps/{key}"] = policy.detach()[mask].mean()
+            counts[f"rewards/{key}"] = counts[f"logps/{key}"] = mask.sum()
     if desirable.any() and (~desirable).any():
         metrics["rewards/margins"] = metrics["rewards/chosen"] - metrics["rewards/rejected"]
-    return ObjectiveOutput(loss=losses.mean(), losses=losses, metrics=metrics)
+    return ObjectiveOutput(loss=losses.mean(), losses=losses, metrics=metrics, metric_counts=counts)
+
+
+def unpaired_step_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    """``rewards/margins`` of a whole optimiser step from its reduced metrics: the step's
+    ``rewards/chosen`` minus its ``rewards/rejected`` (each the mean over all the step's desirable /
+    undesirable examples), as TRL's ``KTOTrainer.log``; left out when either is."""
+    metrics = {key: value for key, value in metrics.items() if key != "rewards/margins"}
+    if "rewards/chosen" in metrics and "rewards/rejected" in metrics:
+        metrics["rewards/margins"] = metrics["rewards/chosen"] - metrics["rewards/rejected"]
+    return metrics

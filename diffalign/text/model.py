@@ -21,7 +21,6 @@ from typing import Optional
 import torch
 
 from diffalign.text.logprobs import SequenceLogps, sequence_logps, token_logps
-from diffalign.training.modality import ModelAdapter
 
 REFERENCE_KINDS = ("copy", "adapters")
 
@@ -32,7 +31,7 @@ def disable_dropout(module: torch.nn.Module) -> None:
             child.p = 0.0
 
 
-class TextModel(ModelAdapter):
+class TextModel:
     def __init__(self, policy: torch.nn.Module, tokenizer, reference: Optional[str] = None, lora: bool = False):
         if reference not in (None, *REFERENCE_KINDS):
             raise ValueError(f"reference must be one of {REFERENCE_KINDS} or None, got {reference!r}")
@@ -49,7 +48,7 @@ class TextModel(ModelAdapter):
         self._unwrapped = policy
         self.policy = policy
 
-    # ------------------------------------------------------------------ ModelAdapter
+    # ------------------------------------------- the training loop's model protocol
     def trainable_module(self) -> torch.nn.Module:
         return self._unwrapped
 
@@ -61,6 +60,10 @@ class TextModel(ModelAdapter):
         self._unwrapped.to(device)
         if self.reference_model is not None:
             self.reference_model.to(device=device, dtype=dtype)
+
+    def encode_batch(self, batch: dict, generator: Optional[torch.Generator] = None) -> dict:
+        """The encode step: text batches are tokenised by their data format already."""
+        return batch
 
     def export(self, output_dir: str, unwrapped: torch.nn.Module) -> None:
         """Full fine-tuning: a transformers model folder (``AutoModelForCausalLM.from_pretrained``);

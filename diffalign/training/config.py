@@ -21,7 +21,7 @@ class TrainConfig:
 
     # data
     data_split: str = "train"
-    resolution: int = 512
+    resolution: Optional[int] = None  # None: the model's own (UNet sample size x VAE factor), or the cache's
     max_train_samples: Optional[int] = None
     skip_bad_rows: bool = False  # scan every row up front; skip (and count) bad ones instead of failing
     random_flip: bool = True  # horizontal flip with p = 0.5, per image (official Diffusion-DPO)

@@ -1,11 +1,25 @@
-"""The shared training loop on accelerate. It knows nothing method-specific: the method computes a
-loss from a batch, the modality loads the model, reads the data and exports the result.
+"""The shared training loop on accelerate. It knows nothing method-specific: the modality loads the
+model and reads the method's data format, the model's encode step turns each collated batch into model
+inputs (outside autocast, so the VAE runs in float32), the method computes a loss from them, and the
+model exports the result.
 
 Per optimiser step: ``gradient_accumulation_steps`` micro-batches (gradients synchronised across
 processes on the last one only), each loss divided by the accumulation steps, gradient norm clipped,
-one optimiser and scheduler step, metrics averaged over micro-batches and processes and appended to
-``metrics.jsonl``. Checkpoints are atomic and a resumed run continues exactly the sequence an
+one optimiser and scheduler step, metrics reduced over micro-batches and processes (below) and appended
+to ``metrics.jsonl``. Checkpoints are atomic and a resumed run continues exactly the sequence an
 uninterrupted one would have produced (``diffalign.training.sampling``).
+
+Metrics are exact on any number of processes and accumulation steps: every metric of a micro-batch is a
+(value x count, count) pair, ``count`` being how many things the value is the mean of
+(``ObjectiveOutput.metric_counts``; 1, i.e. one micro-batch mean, unless the objective says otherwise,
+e.g. KTO's ``rewards/chosen`` counts the micro-batch's desirable examples). A step logs
+sum(value x count) / sum(count) over its micro-batches and processes, so a metric a micro-batch lacks
+(no desirable example) is averaged over the examples that have it, never diluted by a 0. The processes
+first gather the union of their metric names and all reduce one (names, 2) tensor in that order, each
+contributing (0, 0) for a name it lacks; a metric no micro-batch of any process had is left out of the
+step's record. The method's ``step_metrics`` then derives step-level metrics (KTO's margins). ``loss`` is
+the mean of the micro-batch losses over micro-batches and processes (count 1 each); ``lr`` and
+``grad_norm`` are the scheduler's and the clipped norm's.
 """
 
 from __future__ import annotations
@@ -25,10 +39,12 @@ from diffalign.methods.base import get_method_class
 from diffalign.training.checkpoints import read_state, resolve_resume, save_checkpoint
 from diffalign.training.config import TrainConfig
 from diffalign.training.metrics_log import MetricsLog
-from diffalign.training.modality import get_modality
+from diffalign.training.diffusion_modality import DiffusionModality
+from diffalign.training.text_modality import TextModality
 from diffalign.training.optim import build_lr_scheduler, build_optimizer, effective_learning_rate
 from diffalign.training.sampling import EpochIndexed, ShardedEpochBatches, step_generator
 
+MODALITIES = {"diffusion": DiffusionModality, "text": TextModality}
 MIXED_PRECISION_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -60,7 +76,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
     if config.mixed_precision == "fp16" and not torch.cuda.is_available():
         raise ValueError("--mixed-precision fp16 needs a CUDA GPU (CPU autocast does not cover it); use bf16 or no")
     method = build_method(config)
-    modality = get_modality(method.modality)
+    modality = MODALITIES[method.modality]()
     accelerator = Accelerator(mixed_precision=config.mixed_precision, log_with=config.report_to or None,
                               project_dir=config.output_dir)
     set_seed(config.seed)
@@ -68,7 +84,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
 
     model = modality.load_model(config, needs_reference=method.needs_reference)
     model.place(accelerator.device, MIXED_PRECISION_DTYPES[config.mixed_precision])
-    dataset, collate = modality.build_dataset(config, method.data_format, model)
+    dataset, collate = modality.build_dataset(config, method, model)
     skipped = getattr(dataset, "skipped", None)
 
     learning_rate = effective_learning_rate(config, accelerator.num_processes)
@@ -109,27 +125,27 @@ def train(config: TrainConfig) -> dict[str, Any]:
                     disable=not (config.progress_bar and accelerator.is_local_main_process))
     record: dict[str, Any] = {}
     for step in range(start_step, config.max_steps):
-        totals: dict[str, torch.Tensor] = {}
+        totals: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         for micro_step in range(accumulation):
             batch = next(batches)
             generator = step_generator(config.seed, step, micro_step, accelerator.process_index)
             sync = micro_step == accumulation - 1
+            inputs = model.encode_batch(batch, generator, **method.encode_options())  # outside autocast: the VAE in fp32
             with accelerator.autocast(), (contextlib.nullcontext() if sync else accelerator.no_sync(prepared)):
-                output = method.compute_loss(model, batch, generator)
+                output = method.compute_loss(model, inputs, generator)
                 if not torch.isfinite(output.loss):
                     raise NonFiniteLossError(
                         f"step {step + 1}, micro-batch {micro_step + 1}: the loss is {output.loss.item()} "
                         f"(prompts: {batch.get('prompts', '?')!r:.200}); lower the learning rate or use fp32/bf16"
                     )
                 accelerator.backward(output.loss / accumulation)
-            for name, value in {"loss": output.loss.detach(), **output.metrics}.items():
-                totals[name] = totals.get(name, 0.0) + value.detach().float() / accumulation
+            add_metrics(totals, {"loss": output.loss.detach(), **output.metrics}, output.metric_counts)
         grad_norm = accelerator.clip_grad_norm_(prepared.parameters(), config.max_grad_norm)
         optimizer.step()
         lr_scheduler.step()
         optimizer.zero_grad(set_to_none=True)
 
-        record = {"step": step + 1, **_mean_across_processes(accelerator, totals),
+        record = {"step": step + 1, **dict(sorted(method.step_metrics(reduce_metrics(totals, accelerator)).items())),
                   "lr": lr_scheduler.get_last_lr()[0], "grad_norm": float(grad_norm)}
         if metrics_log is not None:
             metrics_log.write(record)
@@ -164,11 +180,52 @@ def train(config: TrainConfig) -> dict[str, Any]:
     return summary
 
 
-def _mean_across_processes(accelerator, totals: dict[str, torch.Tensor]) -> dict[str, float]:
+def add_metrics(totals: dict[str, tuple[torch.Tensor, torch.Tensor]], metrics: dict[str, torch.Tensor],
+                counts: dict[str, Any] | None = None) -> None:
+    """Add one micro-batch's ``metrics`` to ``totals``: name -> (sum of value x count, sum of count).
+
+    ``counts`` maps a name to how many things its value is the mean of (a number or a scalar tensor);
+    a name not in it counts 1. A count of 0 adds nothing, whatever the value (the NaN mean of an empty
+    subset). Everything stays a float32 tensor on the value's device (no host sync per micro-batch).
+    """
+    counts = counts or {}
+    for name, value in metrics.items():
+        value = torch.as_tensor(value).detach().float()
+        count = torch.as_tensor(counts.get(name, 1.0), device=value.device).detach().float()
+        weighted = torch.where(count > 0, value * count, torch.zeros_like(value))
+        if name in totals:
+            total, seen = totals[name]
+            totals[name] = (total + weighted, seen + count)
+        else:
+            totals[name] = (weighted, count)
+
+
+def reduce_metrics(totals: dict[str, tuple[torch.Tensor, torch.Tensor]], accelerator=None) -> dict[str, float]:
+    """Each metric's value for the step: sum(value x count) / sum(count) over the micro-batches in
+    ``totals`` and, with an ``accelerator`` of several processes, over all processes.
+
+    Every process must call this (it holds two collectives). The processes gather the union of their
+    metric names first and reduce one (names, 2) tensor in sorted-name order, a process contributing
+    (0, 0) for a name it lacks, so the all-reduce always sees the same shape and order. A metric whose
+    total count is 0 is left out. Returns name -> float, names sorted.
+    """
     names = sorted(totals)
-    stacked = torch.stack([torch.as_tensor(totals[name], dtype=torch.float32) for name in names]).to(accelerator.device)
-    reduced = accelerator.reduce(stacked, reduction="mean") if accelerator.num_processes > 1 else stacked
-    return {name: float(value) for name, value in zip(names, reduced.tolist())}
+    distributed = accelerator is not None and accelerator.num_processes > 1
+    if distributed:
+        from accelerate.utils import gather_object
+
+        names = sorted(set(gather_object(names)))
+    if not names:
+        return {}
+    device = accelerator.device if accelerator is not None else torch.device("cpu")
+    stacked = torch.stack([
+        torch.stack([totals[name][0].to(device), totals[name][1].to(device)]) if name in totals
+        else torch.zeros(2, device=device)
+        for name in names
+    ])
+    if distributed:
+        stacked = accelerator.reduce(stacked, reduction="sum")
+    return {name: total / count for name, (total, count) in zip(names, stacked.tolist()) if count > 0}
 
 
 def _parameter_checksum(module: torch.nn.Module) -> torch.Tensor:
@@ -202,4 +259,4 @@ def _write_run_files(config, method, accelerator, dataset, skipped, learning_rat
         json.dump(report, handle, indent=2)
 
 
-__all__ = ["NonFiniteLossError", "build_method", "train"]
+__all__ = ["NonFiniteLossError", "add_metrics", "build_method", "reduce_metrics", "train"]

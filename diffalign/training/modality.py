@@ -1,14 +1,15 @@
 """What the shared training loop needs from a modality (diffusion, text).
 
-A modality knows how to load a model from a hub id or local path into a ``ModelAdapter``, how to read
-the data formats its methods consume, and how to export the trained result. Methods name their
-modality; ``diffalign.diffusion`` and ``diffalign.text`` register theirs.
+A modality turns a ``TrainConfig`` into a ``ModelAdapter`` (loading a model from a hub id or local
+path), reads the data format a method consumes into a dataset, and leaves the export to the model.
+The glue lives here, on the training side: ``diffalign.diffusion`` and ``diffalign.text`` offer
+models with explicit constructor arguments and know nothing of ``TrainConfig`` (DESIGN.md §2).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Optional, Protocol
 
 import torch
 from torch.utils.data import Dataset
@@ -19,7 +20,7 @@ from diffalign.training.config import TrainConfig
 class ModelAdapter(Protocol):
     """A loaded model as the loop sees it: one trainable module plus frozen helpers.
 
-    A structural type: model classes (``DiffusionModel``, ``TextModel``) need not import this module."""
+    A structural type: model classes (``DiffusionModel``, ``TextModel``) do not import this module."""
 
     def trainable_module(self) -> torch.nn.Module:
         """The module whose parameters are optimised (UNet, LM); it is passed to ``accelerator.prepare``."""
@@ -29,6 +30,9 @@ class ModelAdapter(Protocol):
 
     def place(self, device: torch.device, dtype: torch.dtype) -> None:
         """Move the frozen components (encoders, reference) to ``device``, cast to ``dtype``."""
+
+    def encode_batch(self, batch: dict, generator: Optional[torch.Generator] = None, **options) -> dict:
+        """The encode step between collate and loss (outside autocast): raw batch -> model inputs."""
 
     def export(self, output_dir: str, unwrapped: torch.nn.Module) -> None:
         """Write the trained result in its library's format (diffusers / transformers / LoRA)."""
@@ -41,22 +45,12 @@ class Modality(ABC):
     def load_model(self, config: TrainConfig, needs_reference: bool) -> ModelAdapter: ...
 
     @abstractmethod
-    def build_dataset(self, config: TrainConfig, data_format: str, model: ModelAdapter) -> tuple[Dataset, Callable[[list[Any]], Any]]:
-        """The dataset of ``data_format`` examples at ``config.data`` and its collate function."""
+    def build_dataset(self, config: TrainConfig, method, model: ModelAdapter) -> tuple[Dataset, Callable[[list[Any]], Any]]:
+        """The dataset of ``method.data_format`` examples at ``config.data`` and its collate function."""
 
 
-_MODALITIES: dict[str, Callable[[], Modality]] = {}
-
-
-def register_modality(name: str, factory: Callable[[], Modality]) -> None:
-    _MODALITIES[name] = factory
-
-
-def get_modality(name: str) -> Modality:
-    if name == "diffusion":
-        import diffalign.diffusion.modality  # noqa: F401
-    elif name == "text":
-        import diffalign.text.modality  # noqa: F401
-    if name not in _MODALITIES:
-        raise KeyError(f"unknown modality {name!r}")
-    return _MODALITIES[name]()
+def reference_mode(config: TrainConfig, needs_reference: bool, lora: bool) -> Optional[str]:
+    """``--reference auto`` is the LoRA base with adapters disabled under LoRA, else a frozen copy."""
+    if not needs_reference:
+        return None
+    return config.reference if config.reference != "auto" else ("adapters" if lora else "copy")

@@ -1,19 +1,15 @@
-"""The text modality: loads a causal LM (full fine-tuning or LoRA) with its reference, reads TRL-format
-datasets (``diffalign.text.data``), exports transformers / peft folders."""
+"""The text modality: a causal LM (full fine-tuning or LoRA) with its reference from ``TrainConfig``,
+and the TRL-format text data formats."""
 
 from __future__ import annotations
 
-from typing import Any, Callable
-
-from torch.utils.data import Dataset
-
+from diffalign.data import TextOptions, get_format
 from diffalign.data.errors import DataError
-from diffalign.data.sources import load_hf_dataset, read_jsonl
+from diffalign.data.tables import read_table
 from diffalign.errors import ModelLoadError
-from diffalign.text.data import TextCollator, build_text_dataset
 from diffalign.text.model import TextModel
 from diffalign.training.config import TrainConfig
-from diffalign.training.modality import Modality, register_modality
+from diffalign.training.modality import Modality, reference_mode
 
 DEFAULT_MAX_LENGTH = 1024  # TRL DPOConfig / KTOConfig max_length
 ATTENTION = {"sdpa": "sdpa", "native": "eager"}
@@ -56,21 +52,12 @@ class TextModality(Modality):
                 r=config.lora_rank, lora_alpha=config.lora_alpha or config.lora_rank,
                 target_modules=config.lora_target_modules or "all-linear", task_type="CAUSAL_LM",
             ))
-        reference = None
-        if needs_reference:
-            reference = config.reference if config.reference != "auto" else ("adapters" if lora else "copy")
-        return TextModel(policy, tokenizer, reference=reference, lora=lora)
+        return TextModel(policy, tokenizer, reference=reference_mode(config, needs_reference, lora), lora=lora)
 
-    def build_dataset(self, config: TrainConfig, data_format: str, model: TextModel) -> tuple[Dataset, Callable[[list[Any]], Any]]:
-        if not config.data:
-            raise DataError("no data given: pass --data PATH_OR_HUB_ID")
-        table = read_jsonl(config.data) if config.data.endswith((".jsonl", ".json")) else load_hf_dataset(config.data, config.data_split)
-        max_length = config.method_args.get("max_length", DEFAULT_MAX_LENGTH)
-        dataset = build_text_dataset(table, config.data, data_format, model.tokenizer, max_length,
-                                     config.skip_bad_rows, config.max_train_samples)
+    def build_dataset(self, config: TrainConfig, method, model: TextModel):
+        options = TextOptions(tokenizer=model.tokenizer, max_length=getattr(method.config, "max_length", DEFAULT_MAX_LENGTH),
+                              skip_bad_rows=config.skip_bad_rows, max_rows=config.max_train_samples)
+        dataset, collate = get_format(method.data_format).build(read_table(config.data, config.data_split), options)
         if dataset.has_reference_logps and model.has_reference:
             model.drop_reference()
-        return dataset, TextCollator(data_format, model.pad_token_id, max_length)
-
-
-register_modality("text", TextModality)
+        return dataset, collate

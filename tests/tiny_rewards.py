@@ -1,6 +1,7 @@
 """Tiny offline stand-ins for the real reward models, built through the same loading code paths.
 
-Used by the tests and to try ``diffalign score`` / ``diffalign pairs`` without downloading weights:
+Test-only (not shipped with the library; pytest puts ``tests/`` on ``sys.path``, so tests import it as
+``from tiny_rewards import ...``):
 
 - ``save_tiny_hps_checkpoint``: a small open_clip CLIP saved in HPSv2's layout (fp16 tensors under
   ``"state_dict"``) plus its JSON architecture config;

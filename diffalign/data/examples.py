@@ -1,0 +1,188 @@
+"""Validated examples of the image formats, the torch dataset over them, and their collate.
+
+A format validates each row of a ``Table`` into an ``Example``: the row's prompt, its images by role
+(``chosen``/``rejected``, or ``image``) as the table fields that hold them, and extras (scores, user,
+negative prompts). ``ImageExamples`` turns an example into a training item:
+
+- ``prompt`` (str) and the extras as they are;
+- per image role ``r``: ``r_pixels`` (3, R, R) in [-1, 1] after the official Diffusion-DPO transforms
+  (``diffalign.data.images``), or, from a latent cache, ``r_latent_mean`` / ``r_latent_std`` of the
+  same centre crop and flip, plus ``prompt_cond`` (and ``negative_prompt_cond``) text embeddings.
+
+Augmentations depend on (seed, epoch, index) only, so a resumed run sees the same ones, and the cache
+draws the same flips as the images. ``collate_examples`` stacks items into a batch with plural keys:
+``prompts`` (list[str]), ``users``, ``chosen_scores``/``rejected_scores`` (B,), stacked tensors.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import torch
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from diffalign.data.errors import DataError, SkipReport
+from diffalign.data.images import decode_image, training_transform
+from diffalign.data.tables import Table
+
+PLURAL_KEYS = {"prompt": "prompts", "user": "users", "chosen_score": "chosen_scores", "rejected_score": "rejected_scores"}
+
+
+@dataclass
+class Example:
+    """One validated row: ``images`` maps a role to the table field holding that image."""
+
+    index: int
+    prompt: str
+    images: dict[str, str] = field(default_factory=dict)
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ImageOptions:
+    """What the image formats need from the run (``TrainConfig``'s data options)."""
+
+    resolution: int = 512
+    seed: int = 0
+    center_crop: bool = True
+    random_flip: bool = True
+    skip_bad_rows: bool = False
+    max_rows: Optional[int] = None
+
+
+class ImageExamples(Dataset):
+    """Items of validated examples (see the module docstring); ``skipped`` counts what was left out."""
+
+    def __init__(self, table: Table, examples: list[Example], options: ImageOptions, skipped: SkipReport):
+        self.table = table
+        self.examples = examples
+        self.options = options
+        self.skipped = skipped
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __getitem__(self, index: int) -> dict:
+        example = self.examples[index]
+        rng = random.Random(f"{self.options.seed}/{self.epoch}/{index}")
+        item: dict[str, Any] = {"prompt": example.prompt}
+        for role, column in example.images.items():
+            item.update(self._image(example.index, role, column, rng))
+        item.update(example.extras)
+        if self.table.encoded is not None:
+            item["prompt_cond"] = self.table.encoded.conditioning(example.prompt)
+            if "negative_prompts" in example.extras:
+                item["negative_prompt_cond"] = self.table.encoded.conditioning_rows(example.extras["negative_prompts"])
+        return item
+
+    def _image(self, row: int, role: str, column: str, rng: random.Random) -> dict[str, torch.Tensor]:
+        value = self.table.row(row)[column]
+        if self.table.encoded is not None:
+            flip = self.options.random_flip and rng.random() < 0.5  # the draw training_transform makes
+            mean, std = self.table.encoded.latents(value, flip, f"{self.table.where(row)}, field {column!r}")
+            return {f"{role}_latent_mean": mean, f"{role}_latent_std": std}
+        image = decode_image(value, f"{self.table.where(row)}, field {column!r}", self.table.base_dir)
+        options = self.options
+        return {f"{role}_pixels": training_transform(image, options.resolution, rng, options.center_crop, options.random_flip)}
+
+    def check_images(self) -> None:
+        """Decode every image once (``--skip-bad-rows``) and drop, counting them, the examples with an unreadable one."""
+        kept = []
+        for example in tqdm(self.examples, desc="checking images", leave=False):
+            try:
+                for column in example.images.values():
+                    decode_image(self.table.row(example.index)[column], f"{self.table.where(example.index)}, field {column!r}",
+                                 self.table.base_dir)
+            except DataError as error:
+                self.skipped.add("undecodable images", str(error))
+                continue
+            kept.append(example)
+        self.examples = kept
+
+
+def collate_examples(items: list[dict]) -> dict:
+    """Stack items into a batch (plural keys for per-example values; text embeddings as dicts of tensors,
+    negative prompts' embeddings concatenated over the batch with ``negative_counts``)."""
+    batch: dict[str, Any] = {}
+    for key, first in items[0].items():
+        values = [item[key] for item in items]
+        name = PLURAL_KEYS.get(key, key)
+        if key == "negative_prompt_cond":
+            batch[key] = {k: torch.cat([value[k] for value in values]) for k in first}
+        elif isinstance(first, dict):
+            batch[key] = {k: torch.stack([value[k] for value in values]) for k in first}
+        elif torch.is_tensor(first):
+            batch[name] = torch.stack(values)
+        elif isinstance(first, (int, float)) and not isinstance(first, bool):
+            batch[name] = torch.tensor(values, dtype=torch.float32)
+        else:
+            batch[name] = values
+    if "negative_prompts" in batch:
+        batch["negative_counts"] = torch.tensor([len(value) for value in batch["negative_prompts"]])
+    return batch
+
+
+def resolve_examples(table: Table, resolve: Callable[[int], Optional[Example]], skip_bad_rows: bool,
+                     skipped: SkipReport) -> list[Example]:
+    """``resolve(index)`` for every row; a ``DataError`` fails the load, or with ``skip_bad_rows`` is
+    counted as a skipped row. ``resolve`` returns None for rows it skipped (and counted) itself."""
+    examples = []
+    for index in range(len(table)):
+        try:
+            example = resolve(index)
+        except DataError as error:
+            if not skip_bad_rows:
+                raise
+            skipped.add("bad rows", str(error))
+            continue
+        if example is not None:
+            examples.append(example)
+    return examples
+
+
+def finish_examples(table: Table, examples: list[Example], options: ImageOptions, skipped: SkipReport) -> ImageExamples:
+    """The dataset of ``examples``: images checked up front with ``skip_bad_rows``, cut to ``max_rows``."""
+    dataset = ImageExamples(table, examples, options, skipped)
+    if options.skip_bad_rows and table.encoded is None:
+        dataset.check_images()
+    if options.max_rows is not None:
+        dataset.examples = dataset.examples[: options.max_rows]
+    if not dataset.examples:
+        raise DataError(f"{table.name}: no usable rows ({skipped.summary()})")
+    return dataset
+
+
+# ----------------------------------------------------------------------------- field validation
+def string_field(value: Any, where: str, name: str) -> str:
+    if not isinstance(value, str):
+        raise DataError(f"{where}, field {name!r}: expected a string, got {type(value).__name__}")
+    return value
+
+
+def score_field(value: Any, where: str, name: str) -> float:
+    """A finite number (a 1-element list, as SmPO's preprocessing stores PickScores, is unwrapped)."""
+    if isinstance(value, (list, tuple)) and len(value) == 1:
+        value = value[0]
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    raise DataError(f"{where}, field {name!r}: expected a finite number, got {value!r}")
+
+
+def string_list_field(value: Any, where: str, name: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(item, str) and item for item in value):
+        raise DataError(f"{where}, field {name!r}: expected a list of non-empty strings, got {value!r:.80}")
+    return list(value)
+
+
+def require(record: dict, where: str, *names: str) -> None:
+    for name in names:
+        if record.get(name) is None or record.get(name) == "":
+            raise DataError(f"{where}: missing field {name!r}")

@@ -1,0 +1,40 @@
+"""``prompts``: one prompt per row, optionally with an image (methods without preference data,
+such as Self-NPO, which may seed from real images).
+
+Sources: a ``.txt`` file with one prompt per line (blank lines skipped), or jsonl / datasets rows
+``{"prompt"}`` or ``{"prompt", "image"}`` (image paths relative to the jsonl). Either every row has
+an image or none has. Items: ``prompt``, and ``image_pixels`` (or its cached latents) with an image.
+"""
+
+from __future__ import annotations
+
+from diffalign.data.errors import DataError, SkipReport
+from diffalign.data.examples import Example, collate_examples, finish_examples, require, resolve_examples, string_field
+from diffalign.data.formats import DataFormat, register_format
+
+
+@register_format
+class Prompts(DataFormat):
+    name = "prompts"
+    description = "a prompt per row (.txt lines or jsonl {prompt}), optionally with an image ({prompt, image})"
+    modality = "diffusion"
+
+    def build(self, table, options):
+        if "prompt" not in table.columns:
+            raise DataError(f"{table.name}: the prompts format needs a 'prompt' field; found {', '.join(table.columns)}")
+        with_images = bool(len(table)) and table.row(0).get("image") is not None
+
+        def resolve(index: int) -> Example:
+            record, where = table.row(index), table.where(index)
+            prompt = string_field(record.get("prompt"), where, "prompt")
+            if (record.get("image") is not None) != with_images:
+                first = "has an 'image'" if with_images else "has none"
+                raise DataError(f"{where}: either every row has an 'image' or none has ({table.where(0)} {first})")
+            if with_images:
+                require(record, where, "image")
+                return Example(index, prompt, {"image": "image"})
+            return Example(index, prompt)
+
+        skipped = SkipReport()
+        examples = resolve_examples(table, resolve, options.skip_bad_rows, skipped)
+        return finish_examples(table, examples, options, skipped), collate_examples

@@ -1,0 +1,108 @@
+"""Reading a data source into a ``Table``: the rows a data format validates and turns into examples.
+
+Sources: a jsonl file (one JSON object per line, blank lines skipped), a ``.txt`` file (one prompt
+per line, read as ``{"prompt": line}`` rows), a parquet file, a ``datasets.save_to_disk`` folder (a
+``DatasetDict`` picks ``split``), another local dataset folder, or a hub dataset id (owner/name).
+Relative image paths in a jsonl resolve against the file's folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence
+
+from diffalign.data.errors import DataError
+
+SAVE_TO_DISK_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
+
+
+@dataclass
+class Table:
+    """Rows of a data source: a ``datasets.Dataset`` or a list of dicts (jsonl, txt, a latent cache).
+
+    ``encoded`` is the ``LatentCache`` whose rows these are (image fields hold cache references and
+    prompts have stored embeddings), None for ordinary sources."""
+
+    name: str
+    records: Any
+    base_dir: Optional[str] = None
+    encoded: Any = None
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def row(self, index: int) -> dict:
+        return dict(self.records[index])
+
+    @property
+    def columns(self) -> Sequence[str]:
+        if isinstance(self.records, list):
+            return sorted({key for record in self.records for key in record})
+        return self.records.column_names
+
+    def column(self, name: str) -> list:
+        if isinstance(self.records, list):
+            return [record.get(name) for record in self.records]
+        return self.records[name]
+
+    def where(self, index: int) -> str:
+        """How errors name a row: file records count from 1 (blank lines skipped), dataset rows from 0."""
+        return f"{self.name}: record {index + 1}" if isinstance(self.records, list) else f"{self.name}: row {index}"
+
+
+def read_table(data: str, split: str = "train") -> Table:
+    if not data:
+        raise DataError("no data given: pass --data PATH_OR_HUB_ID")
+    if os.path.isfile(data) and data.endswith((".jsonl", ".json")):
+        return Table(data, read_jsonl(data), os.path.dirname(os.path.abspath(data)))
+    if os.path.isfile(data) and data.endswith(".txt"):
+        return Table(data, read_prompt_lines(data), os.path.dirname(os.path.abspath(data)))
+    return Table(data, load_hf_dataset(data, split), data if os.path.isdir(data) else None)
+
+
+def read_jsonl(path: str) -> list[dict]:
+    table = []
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise DataError(f"{path}: line {number} is not valid JSON ({error.msg})") from error
+            if not isinstance(record, dict):
+                raise DataError(f"{path}: line {number} is not a JSON object")
+            table.append(record)
+    return table
+
+
+def read_prompt_lines(path: str) -> list[dict]:
+    """``{"prompt": line}`` for every non-blank line (surrounding white space removed)."""
+    with open(path, encoding="utf-8") as handle:
+        return [{"prompt": line.strip()} for line in handle if line.strip()]
+
+
+def load_hf_dataset(data: str, split: str):
+    import datasets
+
+    try:
+        if os.path.isdir(data) and any(os.path.isfile(os.path.join(data, marker)) for marker in SAVE_TO_DISK_MARKERS):
+            loaded = datasets.load_from_disk(data)
+            if isinstance(loaded, datasets.DatasetDict):
+                if split not in loaded:
+                    raise DataError(f"{data}: no split {split!r} (splits: {', '.join(loaded)})")
+                loaded = loaded[split]
+            return loaded
+        if os.path.isfile(data) and data.endswith(".parquet"):
+            return datasets.load_dataset("parquet", data_files=data, split="train")
+        if os.path.exists(data):
+            return datasets.load_dataset(data, split=split)
+        if data.count("/") != 1 or data.startswith((".", "/")):
+            raise DataError(f"data {data!r} is neither a local file or folder nor a hub dataset id (owner/name)")
+        return datasets.load_dataset(data, split=split)
+    except DataError:
+        raise
+    except Exception as error:
+        raise DataError(f"could not load data {data!r}: {type(error).__name__}: {error}") from error

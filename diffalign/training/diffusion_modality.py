@@ -1,0 +1,49 @@
+"""The diffusion modality: a diffusers pipeline's components from ``TrainConfig``, image data formats,
+and the latent cache (``--data`` a ``diffalign cache`` folder: the VAE and text encoders are not
+loaded, the cache's fingerprint must match the model's encoders and the run's resolution and flips)."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from diffalign.data import ImageOptions, get_format
+from diffalign.data.cache import LatentCache, is_latent_cache
+from diffalign.data.tables import read_table
+from diffalign.diffusion.fingerprint import encoder_fingerprint
+from diffalign.diffusion.model import DiffusionModel, LoraSettings
+from diffalign.training.config import TrainConfig
+from diffalign.training.modality import Modality, reference_mode
+
+REFERENCE_MODES = ("auto", "copy", "adapters")
+
+
+class DiffusionModality(Modality):
+    name = "diffusion"
+
+    def __init__(self):
+        self.cache: Optional[LatentCache] = None
+
+    def load_model(self, config: TrainConfig, needs_reference: bool) -> DiffusionModel:
+        if config.reference not in REFERENCE_MODES:
+            raise ValueError(f"--reference must be one of {', '.join(REFERENCE_MODES)}, got {config.reference!r}")
+        lora = LoraSettings(config.lora_rank, config.lora_alpha, config.lora_target_modules) if config.lora_rank > 0 else None
+        resolution = config.resolution
+        if is_latent_cache(config.data):
+            self.cache = LatentCache(config.data)
+            resolution = self.cache.check_compatible(encoder_fingerprint(config.model, config.revision), config.resolution,
+                                                     config.center_crop, config.random_flip)
+        model = DiffusionModel.from_pretrained(
+            config.model, reference=reference_mode(config, needs_reference, lora is not None), lora=lora,
+            attention=config.attention, gradient_checkpointing=config.gradient_checkpointing, resolution=resolution,
+            revision=config.revision, load_encoders=self.cache is None,
+        )
+        if self.cache is not None:
+            model.set_empty_conditioning(self.cache.empty_conditioning())
+        return model
+
+    def build_dataset(self, config: TrainConfig, method, model: DiffusionModel):
+        table = self.cache.table() if self.cache is not None else read_table(config.data, config.data_split)
+        options = ImageOptions(resolution=model.resolution, seed=config.seed, center_crop=config.center_crop,
+                               random_flip=config.random_flip, skip_bad_rows=config.skip_bad_rows,
+                               max_rows=config.max_train_samples)
+        return get_format(method.data_format).build(table, options)
