@@ -5,12 +5,13 @@
 
 Installs a global optimiser post-step hook (``torch.optim.optimizer.register_optimizer_step_post_hook``,
 called after ``step()`` of every ``torch.optim.Optimizer``, including those wrapped by accelerate),
-which records ``time.perf_counter()``; fixes the thread count (``torch.set_num_threads``, and
+which records ``time.perf_counter()`` (and ``time.process_time()``, the process's CPU time, which
+time-slicing by other processes on a shared machine does not inflate); fixes the thread count (``torch.set_num_threads``, and
 ``OMP_NUM_THREADS``/``MKL_NUM_THREADS`` when not already set, before torch is imported); then runs
 the target in this process with ``runpy`` (``run_path`` for a script file, with its folder first on
 ``sys.path`` as ``python script.py`` does; ``run_module`` for ``-m``), with ``sys.argv`` set to what
 the target would see. At exit, also on an exception or ``sys.exit``, it writes to ``--out``:
-``{"stamps": [...], "threads": N, "exit": "ok" | error text, "vm_hwm_kib": ...}``.
+``{"stamps": [...], "cpu_stamps": [...], "threads": N, "exit": "ok" | error text, "vm_hwm_kib": ...}``.
 
 Step time is the interval between consecutive stamps: it covers everything a step does (data
 loading, forward, backward, the optimiser, logging). Peak memory is for the caller to take from the
@@ -67,9 +68,11 @@ def main(argv: list[str] | None = None) -> None:
 
     torch.set_num_threads(args.threads)
     stamps: list[float] = []
+    cpu_stamps: list[float] = []
 
     def record(optimizer, hook_args, hook_kwargs) -> None:
         stamps.append(time.perf_counter())
+        cpu_stamps.append(time.process_time())
 
     register_optimizer_step_post_hook(record)
     outcome = "ok"
@@ -91,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
         raise
     finally:
         with open(args.out, "w") as handle:
-            json.dump({"stamps": stamps, "threads": torch.get_num_threads(), "exit": outcome,
+            json.dump({"stamps": stamps, "cpu_stamps": cpu_stamps, "threads": torch.get_num_threads(), "exit": outcome,
                        "vm_hwm_kib": _vm_hwm_kib()}, handle)
 
 

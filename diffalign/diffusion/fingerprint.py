@@ -1,32 +1,42 @@
 """The identity of a pipeline's encoders: what a latent cache must match to be reused.
 
 A latent cache holds what the VAE and text encoders computed, so it stays valid for any UNet (a
-fine-tuned one too) as long as the VAE, the text encoders and their tokenizers are the same files.
-The fingerprint is a sha256 per component folder over its files' names and contents (for a hub id,
-the files of the local hub cache, whose blob names already are their sha256 for large files).
-Hashing reads the files once: about a second per GB.
+fine-tuned one too) as long as the VAE, the text encoders and their tokenizers are the same. The
+fingerprint is one sha256 per component of what decides their outputs, not of how the files were
+written, so a pipeline saved again (``save_pretrained`` adds ``_name_or_path``, another library
+version, another serialisation of the same tokenizer) keeps its fingerprint:
+
+- ``vae``, ``text_encoder``, ``text_encoder_2``: the config without bookkeeping keys (``_name_or_path``,
+  library versions), and every weight tensor's name, dtype, shape and bytes;
+- ``tokenizer``, ``tokenizer_2``: the CLIP vocabulary, BPE merges and maximum length.
+
+Hashing reads the weights once: about a second per GB.
 """
 
 from __future__ import annotations
 
+import glob
 import hashlib
+import json
 import os
 from typing import Optional
 
 from diffalign.errors import ModelLoadError
 
-ENCODER_COMPONENTS = ("vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2")
-CHUNK = 8 << 20
+MODEL_COMPONENTS = ("vae", "text_encoder", "text_encoder_2")
+TOKENIZER_COMPONENTS = ("tokenizer", "tokenizer_2")
+BOOKKEEPING_KEYS = ("_name_or_path", "_diffusers_version", "transformers_version", "_commit_hash", "_use_default_values")
 
 
 def encoder_fingerprint(model: str, revision: Optional[str] = None) -> dict[str, str]:
-    """``{component: sha256}`` for each of ``ENCODER_COMPONENTS`` the pipeline has."""
+    """``{component: sha256}`` for each encoder component the pipeline has."""
     root = _local_root(model, revision)
     fingerprint = {}
-    for component in ENCODER_COMPONENTS:
+    for component in MODEL_COMPONENTS + TOKENIZER_COMPONENTS:
         folder = os.path.join(root, component)
         if os.path.isdir(folder):
-            fingerprint[component] = _folder_digest(folder)
+            digest = _tokenizer_digest if component in TOKENIZER_COMPONENTS else _model_digest
+            fingerprint[component] = digest(folder)
     if "vae" not in fingerprint:
         raise ModelLoadError(f"{model}: no vae/ folder to fingerprint")
     return fingerprint
@@ -37,30 +47,43 @@ def _local_root(model: str, revision: Optional[str]) -> str:
         return model
     from huggingface_hub import snapshot_download
 
-    patterns = [f"{component}/*" for component in ENCODER_COMPONENTS]
+    patterns = [f"{component}/*" for component in MODEL_COMPONENTS + TOKENIZER_COMPONENTS]
     try:
         return snapshot_download(model, revision=revision, allow_patterns=patterns)
     except Exception as error:
         raise ModelLoadError(f"could not find the encoder files of {model!r}: {error}") from error
 
 
-def _folder_digest(folder: str) -> str:
+def _model_digest(folder: str) -> str:
+    import torch
+    from safetensors import safe_open
+
     digest = hashlib.sha256()
-    for directory, subfolders, files in sorted(os.walk(folder)):
-        subfolders.sort()
-        for name in sorted(files):
-            path = os.path.join(directory, name)
-            digest.update(os.path.relpath(path, folder).encode() + b"\0" + _file_digest(path).encode() + b"\0")
+    with open(os.path.join(folder, "config.json")) as handle:
+        config = {key: value for key, value in json.load(handle).items() if key not in BOOKKEEPING_KEYS}
+    digest.update(json.dumps(config, sort_keys=True).encode())
+    weights = sorted(glob.glob(os.path.join(folder, "*.safetensors")))
+    if not weights:
+        raise ModelLoadError(f"{folder}: no safetensors weights to fingerprint (convert .bin weights with save_pretrained)")
+    tensors = {}
+    for path in weights:
+        handle = safe_open(path, framework="pt")
+        tensors.update({name: (handle, name) for name in handle.keys()})
+    for name in sorted(tensors):
+        handle, key = tensors[name]
+        tensor = handle.get_tensor(key).contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
 
-def _file_digest(path: str) -> str:
-    target = os.path.realpath(path)
-    blob = os.path.basename(target)
-    if os.path.basename(os.path.dirname(target)) == "blobs" and len(blob) == 64:  # hub cache: named by sha256
-        return blob
-    digest = hashlib.sha256()
-    with open(target, "rb") as handle:
-        for chunk in iter(lambda: handle.read(CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+def _tokenizer_digest(folder: str) -> str:
+    from transformers import CLIPTokenizer
+
+    tokenizer = CLIPTokenizer.from_pretrained(folder)
+    if hasattr(tokenizer, "backend_tokenizer"):  # a tokenizers-backed CLIPTokenizer
+        merges = json.loads(tokenizer.backend_tokenizer.to_str())["model"]["merges"]
+    else:
+        merges = [list(pair) for pair, _ in sorted(tokenizer.bpe_ranks.items(), key=lambda item: item[1])]
+    payload = {"vocab": sorted(tokenizer.get_vocab().items()), "merges": merges, "max_length": tokenizer.model_max_length}
+    return hashlib.sha256(json.dumps(payload).encode()).hexdigest()
