@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command")
     train_parser = subparsers.add_parser("train", help="train a model with a preference method", add_help=False)
     train_parser.set_defaults(func=run_train)
-    methods_parser = subparsers.add_parser("methods", help="list the registered methods")
+    methods_parser = subparsers.add_parser("methods", help="list the registered methods and data formats")
     methods_parser.set_defaults(func=run_methods)
     _add_cache_command(subparsers)
     _add_plugin_commands(subparsers)
@@ -75,12 +75,18 @@ def _add_plugin_commands(subparsers) -> None:
 
 # ------------------------------------------------------------------------------------------- methods
 def run_methods(args) -> int:
+    from diffalign.data import registered_formats
     from diffalign.methods import registered_methods
 
     methods = registered_methods()
     width = max(len(name) for name in methods)
     for name, method in methods.items():
         print(f"{name:<{width}}  {method.modality:<9}  {method.data_format:<18}  {method.summary}")
+    formats = registered_formats()
+    width = max(len(name) for name in formats)
+    print("\ndata formats:")
+    for name, data_format in formats.items():
+        print(f"{name:<{width}}  {data_format.modality:<9}  {data_format.description}")
     return 0
 
 

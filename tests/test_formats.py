@@ -9,9 +9,7 @@ import torch
 from PIL import Image
 
 from conftest import write_jsonl, write_pair_images
-from diffalign.data import DataError, DataFormat, ImageOptions, get_format, read_table, register_format, registered_formats
-from diffalign.data.examples import collate_examples, finish_examples, resolve_examples
-from diffalign.data.errors import SkipReport
+from diffalign.data import DataError, Example, ImageFormat, ImageOptions, get_format, read_table, register_format, registered_formats
 from diffalign.diffusion.model import DiffusionModel
 from diffalign.methods.base import Method, register_method
 
@@ -96,28 +94,21 @@ def test_user_image_pairs_from_pickapic_and_jsonl(tmp_path):
 
 
 def test_a_new_format_is_one_class_and_a_method_names_it(tmp_path, monkeypatch):
-    import diffalign.data.formats as formats
+    import diffalign.data.registry as formats
     import diffalign.methods.base as methods
 
-    monkeypatch.setattr(formats, "_FORMATS", dict(formats._FORMATS))  # leave the registries as they were
+    monkeypatch.setattr(formats, "_FORMATS", dict(formats.registered_formats()))  # leave the registries as they were
     monkeypatch.setattr(methods, "_REGISTRY", dict(methods._REGISTRY))
 
     @register_format
-    class GrayscaleImages(DataFormat):
+    class GrayscaleImages(ImageFormat):
         """A format for a test: single images whose row has a 'gray' flag."""
 
         name = "test_grayscale_images"
         description = "a test format"
-        modality = "diffusion"
 
-        def build(self, table, options):
-            from diffalign.data.examples import Example
-
-            def resolve(index):
-                return Example(index, table.row(index)["prompt"], {"image": "image"}, {"gray": 1.0})
-
-            skipped = SkipReport()
-            return finish_examples(table, resolve_examples(table, resolve, False, skipped), options, skipped), collate_examples
+        def resolver(self, table, skipped):
+            return lambda index: Example(index, table.row(index)["prompt"], {"image": "image"}, {"gray": 1.0})
 
     records = [{"prompt": r["prompt"], "image": r["chosen"]} for r in write_pair_images(tmp_path, 2)]
     batch = batch_of(write_jsonl(tmp_path / "g.jsonl", records), "test_grayscale_images")

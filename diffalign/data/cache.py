@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from diffalign.data.errors import DataError
 from diffalign.data.examples import ImageOptions
-from diffalign.data.formats import get_format
+from diffalign.data.registry import get_format
 from diffalign.data.images import decode_image, training_transform
 from diffalign.data.tables import Table, read_table
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import random
+from abc import abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
@@ -27,6 +28,7 @@ from tqdm.auto import tqdm
 
 from diffalign.data.errors import DataError, SkipReport
 from diffalign.data.images import decode_image, training_transform
+from diffalign.data.registry import DataFormat
 from diffalign.data.tables import Table
 
 PLURAL_KEYS = {"prompt": "prompts", "user": "users", "chosen_score": "chosen_scores", "rejected_score": "rejected_scores"}
@@ -73,9 +75,10 @@ class ImageExamples(Dataset):
     def __getitem__(self, index: int) -> dict:
         example = self.examples[index]
         rng = random.Random(f"{self.options.seed}/{self.epoch}/{index}")
+        record, where = self.table.row(example.index), self.table.where(example.index)
         item: dict[str, Any] = {"prompt": example.prompt}
         for role, column in example.images.items():
-            item.update(self._image(example.index, role, column, rng))
+            item.update(self._image(record[column], f"{where}, field {column!r}", role, rng))
         item.update(example.extras)
         if self.table.encoded is not None:
             item["prompt_cond"] = self.table.encoded.conditioning(example.prompt)
@@ -83,13 +86,12 @@ class ImageExamples(Dataset):
                 item["negative_prompt_cond"] = self.table.encoded.conditioning_rows(example.extras["negative_prompts"])
         return item
 
-    def _image(self, row: int, role: str, column: str, rng: random.Random) -> dict[str, torch.Tensor]:
-        value = self.table.row(row)[column]
+    def _image(self, value: Any, where: str, role: str, rng: random.Random) -> dict[str, torch.Tensor]:
         if self.table.encoded is not None:
             flip = self.options.random_flip and rng.random() < 0.5  # the draw training_transform makes
-            mean, std = self.table.encoded.latents(value, flip, f"{self.table.where(row)}, field {column!r}")
+            mean, std = self.table.encoded.latents(value, flip, where)
             return {f"{role}_latent_mean": mean, f"{role}_latent_std": std}
-        image = decode_image(value, f"{self.table.where(row)}, field {column!r}", self.table.base_dir)
+        image = decode_image(value, where, self.table.base_dir)
         options = self.options
         return {f"{role}_pixels": training_transform(image, options.resolution, rng, options.center_crop, options.random_flip)}
 
@@ -97,15 +99,31 @@ class ImageExamples(Dataset):
         """Decode every image once (``--skip-bad-rows``) and drop, counting them, the examples with an unreadable one."""
         kept = []
         for example in tqdm(self.examples, desc="checking images", leave=False):
+            record, where = self.table.row(example.index), self.table.where(example.index)
             try:
                 for column in example.images.values():
-                    decode_image(self.table.row(example.index)[column], f"{self.table.where(example.index)}, field {column!r}",
-                                 self.table.base_dir)
+                    decode_image(record[column], f"{where}, field {column!r}", self.table.base_dir)
             except DataError as error:
                 self.skipped.add("undecodable images", str(error))
                 continue
             kept.append(example)
         self.examples = kept
+
+
+class ImageFormat(DataFormat):
+    """A diffusion format: ``resolver`` validates one row into an ``Example`` (or None for a row it
+    skipped and counted itself); the dataset, collate, skip counting and cache support are shared."""
+
+    modality = "diffusion"
+
+    @abstractmethod
+    def resolver(self, table: Table, skipped: SkipReport) -> Callable[[int], Optional[Example]]:
+        """A function from a row index to its ``Example``, raising ``DataError`` for a bad row."""
+
+    def build(self, table: Table, options: ImageOptions):
+        skipped = SkipReport()
+        examples = resolve_examples(table, self.resolver(table, skipped), options.skip_bad_rows, skipped)
+        return finish_examples(table, examples, options, skipped), collate_examples
 
 
 def collate_examples(items: list[dict]) -> dict:

@@ -53,13 +53,18 @@ class Table:
 
 
 def read_table(data: str, split: str = "train") -> Table:
+    """The rows of ``data``; an empty source is an error (it has nothing to train on)."""
     if not data:
         raise DataError("no data given: pass --data PATH_OR_HUB_ID")
     if os.path.isfile(data) and data.endswith((".jsonl", ".json")):
-        return Table(data, read_jsonl(data), os.path.dirname(os.path.abspath(data)))
-    if os.path.isfile(data) and data.endswith(".txt"):
-        return Table(data, read_prompt_lines(data), os.path.dirname(os.path.abspath(data)))
-    return Table(data, load_hf_dataset(data, split), data if os.path.isdir(data) else None)
+        table = Table(data, read_jsonl(data), os.path.dirname(os.path.abspath(data)))
+    elif os.path.isfile(data) and data.endswith(".txt"):
+        table = Table(data, read_prompt_lines(data), os.path.dirname(os.path.abspath(data)))
+    else:
+        table = Table(data, load_hf_dataset(data, split), data if os.path.isdir(data) else None)
+    if not len(table):
+        raise DataError(f"{data}: the data has no rows (an empty file or split)")
+    return table
 
 
 def read_jsonl(path: str) -> list[dict]:

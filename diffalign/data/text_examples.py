@@ -10,6 +10,7 @@ conversational (message list) fields may not be mixed within a row.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Optional
@@ -18,6 +19,7 @@ import torch
 from torch.utils.data import Dataset
 
 from diffalign.data.errors import DataError, SkipReport
+from diffalign.data.registry import DataFormat
 from diffalign.data.tables import Table
 from diffalign.text.tokenize import is_conversational, tokenize_completions
 
@@ -54,6 +56,19 @@ class TextDataset(Dataset):
 
     def __getitem__(self, index: int) -> TokenizedExample:
         return self.examples[index]
+
+
+class TextFormat(DataFormat):
+    """A text format: ``read`` turns a row into records, ``collate`` stacks tokenised examples into
+    model rows; tokenisation, skip counting and the dataset are shared."""
+
+    modality = "text"
+    read: Callable[[dict, str], Iterable[Record]]  # a staticmethod: (row, where) -> records
+    collate: Callable[..., dict]  # a staticmethod: (examples, pad_token_id, max_length) -> batch
+
+    def build(self, table: Table, options: TextOptions):
+        collate = functools.partial(self.collate, pad_token_id=options.tokenizer.pad_token_id, max_length=options.max_length)
+        return tokenize_table(table, self.read, options), collate
 
 
 def tokenize_table(table: Table, read: Callable[[dict, str], Iterable[Record]], options: TextOptions) -> TextDataset:

@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from diffalign.data.formats import registered_formats
+from diffalign.data.registry import registered_formats
 from diffalign.objectives import ObjectiveOutput
 
 

@@ -7,20 +7,16 @@ cached latents), ``negative_prompts``; batches also carry ``negative_counts`` (B
 
 from __future__ import annotations
 
-from diffalign.data.errors import SkipReport
-from diffalign.data.examples import (
-    Example, collate_examples, finish_examples, require, resolve_examples, string_field, string_list_field,
-)
-from diffalign.data.formats import DataFormat, register_format
+from diffalign.data.examples import Example, ImageFormat, require, string_field, string_list_field
+from diffalign.data.registry import register_format
 
 
 @register_format
-class CaptionedImages(DataFormat):
+class CaptionedImages(ImageFormat):
     name = "captioned_images"
     description = "one image + its caption + optional perturbed captions (jsonl {image, prompt, negative_prompts})"
-    modality = "diffusion"
 
-    def build(self, table, options):
+    def resolver(self, table, skipped):
         def resolve(index: int) -> Example:
             record, where = table.row(index), table.where(index)
             prompt = string_field(record.get("prompt"), where, "prompt")
@@ -29,6 +25,4 @@ class CaptionedImages(DataFormat):
             negatives = [] if negatives is None else string_list_field(negatives, where, "negative_prompts")
             return Example(index, prompt, {"image": "image"}, {"negative_prompts": negatives})
 
-        skipped = SkipReport()
-        examples = resolve_examples(table, resolve, options.skip_bad_rows, skipped)
-        return finish_examples(table, examples, options, skipped), collate_examples
+        return resolve

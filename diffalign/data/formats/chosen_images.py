@@ -6,7 +6,7 @@ Image pairs (either ``image_pairs`` schema) are reduced to their winner; jsonl r
 
 from __future__ import annotations
 
-from diffalign.data.formats import register_format
+from diffalign.data.registry import register_format
 from diffalign.data.formats.image_pairs import ImagePairs
 
 

@@ -19,10 +19,8 @@ import math
 from typing import Optional
 
 from diffalign.data.errors import DataError, SkipReport
-from diffalign.data.examples import (
-    Example, ImageOptions, collate_examples, finish_examples, require, resolve_examples, string_field,
-)
-from diffalign.data.formats import DataFormat, register_format
+from diffalign.data.examples import Example, ImageFormat, require, string_field
+from diffalign.data.registry import register_format
 from diffalign.data.tables import Table
 
 PICKAPIC_COLUMNS = ("caption", "jpg_0", "jpg_1", "label_0")
@@ -33,18 +31,14 @@ def is_pickapic(table: Table) -> bool:
 
 
 @register_format
-class ImagePairs(DataFormat):
+class ImagePairs(ImageFormat):
     name = "image_pairs"
     description = "prompt + chosen image + rejected image (Pick-a-Pic v2 schema or diffalign jsonl)"
-    modality = "diffusion"
     roles = ("chosen", "rejected")
     """Which images of the pair an example keeps (``chosen_images`` keeps the winner alone, as ``image``)."""
 
-    def build(self, table: Table, options: ImageOptions):
-        skipped = SkipReport()
-        resolve = self._pickapic_resolver(table, skipped) if is_pickapic(table) else self._jsonl_resolver(table)
-        examples = resolve_examples(table, resolve, options.skip_bad_rows, skipped)
-        return finish_examples(table, examples, options, skipped), collate_examples
+    def resolver(self, table: Table, skipped: SkipReport):
+        return self._pickapic_resolver(table, skipped) if is_pickapic(table) else self._jsonl_resolver(table)
 
     # ------------------------------------------------------------------------- hooks
     def pickapic_columns(self) -> tuple[str, ...]:

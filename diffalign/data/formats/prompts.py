@@ -8,18 +8,17 @@ an image or none has. Items: ``prompt``, and ``image_pixels`` (or its cached lat
 
 from __future__ import annotations
 
-from diffalign.data.errors import DataError, SkipReport
-from diffalign.data.examples import Example, collate_examples, finish_examples, require, resolve_examples, string_field
-from diffalign.data.formats import DataFormat, register_format
+from diffalign.data.errors import DataError
+from diffalign.data.examples import Example, ImageFormat, require, string_field
+from diffalign.data.registry import register_format
 
 
 @register_format
-class Prompts(DataFormat):
+class Prompts(ImageFormat):
     name = "prompts"
     description = "a prompt per row (.txt lines or jsonl {prompt}), optionally with an image ({prompt, image})"
-    modality = "diffusion"
 
-    def build(self, table, options):
+    def resolver(self, table, skipped):
         if "prompt" not in table.columns:
             raise DataError(f"{table.name}: the prompts format needs a 'prompt' field; found {', '.join(table.columns)}")
         with_images = bool(len(table)) and table.row(0).get("image") is not None
@@ -35,6 +34,4 @@ class Prompts(DataFormat):
                 return Example(index, prompt, {"image": "image"})
             return Example(index, prompt)
 
-        skipped = SkipReport()
-        examples = resolve_examples(table, resolve, options.skip_bad_rows, skipped)
-        return finish_examples(table, examples, options, skipped), collate_examples
+        return resolve

@@ -8,7 +8,7 @@ pairs`` writes). Items carry ``chosen_score`` / ``rejected_score``.
 from __future__ import annotations
 
 from diffalign.data.examples import require, score_field
-from diffalign.data.formats import register_format
+from diffalign.data.registry import register_format
 from diffalign.data.formats.image_pairs import ImagePairs
 
 

@@ -9,12 +9,10 @@ replace the reference model. Batches stack 2B rows ``[prompt + chosen_1..B; prom
 
 from __future__ import annotations
 
-import functools
-
 import torch
 
-from diffalign.data.formats import DataFormat, register_format
-from diffalign.data.text_examples import TextOptions, float_field, padded_rows, text_field, tokenize_table
+from diffalign.data.registry import register_format
+from diffalign.data.text_examples import TextFormat, float_field, padded_rows, text_field
 from diffalign.text.tokenize import extract_prompt
 
 
@@ -30,17 +28,6 @@ def read_pair(record: dict, where: str) -> list:
     return [(prompt, [chosen, rejected], None, refs)]
 
 
-@register_format
-class TextPairs(DataFormat):
-    name = "text_pairs"
-    description = "prompt + chosen + rejected completions (TRL preference format)"
-    modality = "text"
-
-    def build(self, table, options: TextOptions):
-        collate = functools.partial(collate_pairs, pad_token_id=options.tokenizer.pad_token_id, max_length=options.max_length)
-        return tokenize_table(table, read_pair, options), collate
-
-
 def collate_pairs(examples: list, pad_token_id: int, max_length) -> dict:
     prompts = [e.prompt_ids for e in examples] * 2
     completions = [e.completion_ids[0] for e in examples] + [e.completion_ids[1] for e in examples]
@@ -49,3 +36,11 @@ def collate_pairs(examples: list, pad_token_id: int, max_length) -> dict:
         refs = [e.ref_logps[0] for e in examples] + [e.ref_logps[1] for e in examples]
         batch["ref_logps"] = torch.tensor(refs, dtype=torch.float32)
     return batch
+
+
+@register_format
+class TextPairs(TextFormat):
+    name = "text_pairs"
+    description = "prompt + chosen + rejected completions (TRL preference format)"
+    read = staticmethod(read_pair)
+    collate = staticmethod(collate_pairs)

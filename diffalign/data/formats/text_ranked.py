@@ -7,13 +7,11 @@ better, LiPO's graded labels psi). Batches hold one row per completion, list-maj
 
 from __future__ import annotations
 
-import functools
-
 import torch
 
 from diffalign.data.errors import DataError
-from diffalign.data.formats import DataFormat, register_format
-from diffalign.data.text_examples import TextOptions, float_field, padded_rows, text_field, tokenize_table
+from diffalign.data.registry import register_format
+from diffalign.data.text_examples import TextFormat, float_field, padded_rows, text_field
 
 
 def read_ranked(record: dict, where: str) -> list:
@@ -28,17 +26,6 @@ def read_ranked(record: dict, where: str) -> list:
     return [(prompt, texts, labels, None)]
 
 
-@register_format
-class TextRanked(DataFormat):
-    name = "text_ranked"
-    description = "prompt + several completions with scores (listwise)"
-    modality = "text"
-
-    def build(self, table, options: TextOptions):
-        collate = functools.partial(collate_ranked, pad_token_id=options.tokenizer.pad_token_id, max_length=options.max_length)
-        return tokenize_table(table, read_ranked, options), collate
-
-
 def collate_ranked(examples: list, pad_token_id: int, max_length) -> dict:
     prompts = [e.prompt_ids for e in examples for _ in e.completion_ids]
     completions = [c for e in examples for c in e.completion_ids]
@@ -50,3 +37,11 @@ def collate_ranked(examples: list, pad_token_id: int, max_length) -> dict:
         batch["labels"][i, : len(e.label)] = torch.tensor(e.label)
         batch["valid"][i, : len(e.label)] = True
     return batch
+
+
+@register_format
+class TextRanked(TextFormat):
+    name = "text_ranked"
+    description = "prompt + several completions with scores (listwise)"
+    read = staticmethod(read_ranked)
+    collate = staticmethod(collate_ranked)

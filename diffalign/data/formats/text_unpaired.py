@@ -9,14 +9,12 @@ point needs the reference on the mismatched completions of each micro-batch.
 
 from __future__ import annotations
 
-import functools
-
 import torch
 
 from diffalign.data.errors import DataError
-from diffalign.data.formats import DataFormat, register_format
+from diffalign.data.registry import register_format
 from diffalign.data.formats.text_pairs import read_pair
-from diffalign.data.text_examples import TextOptions, padded_rows, text_field, tokenize_table
+from diffalign.data.text_examples import TextFormat, padded_rows, text_field
 
 
 def read_unpaired(record: dict, where: str) -> list:
@@ -33,17 +31,6 @@ def read_unpaired(record: dict, where: str) -> list:
     return [(prompt, [completion], label, None)]
 
 
-@register_format
-class TextUnpaired(DataFormat):
-    name = "text_unpaired"
-    description = "prompt + completion + desirable/undesirable label (TRL unpaired format)"
-    modality = "text"
-
-    def build(self, table, options: TextOptions):
-        collate = functools.partial(collate_unpaired, pad_token_id=options.tokenizer.pad_token_id, max_length=options.max_length)
-        return tokenize_table(table, read_unpaired, options), collate
-
-
 def collate_unpaired(examples: list, pad_token_id: int, max_length) -> dict:
     prompts = [e.prompt_ids for e in examples]
     completions = [e.completion_ids[0] for e in examples]
@@ -52,3 +39,11 @@ def collate_unpaired(examples: list, pad_token_id: int, max_length) -> dict:
     batch.update({f"KL_{key}": value for key, value in mismatched.items()})
     batch["label"] = torch.tensor([e.label for e in examples], dtype=torch.bool)
     return batch
+
+
+@register_format
+class TextUnpaired(TextFormat):
+    name = "text_unpaired"
+    description = "prompt + completion + desirable/undesirable label (TRL unpaired format)"
+    read = staticmethod(read_unpaired)
+    collate = staticmethod(collate_unpaired)

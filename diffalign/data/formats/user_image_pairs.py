@@ -7,7 +7,7 @@ string; items carry it as ``user`` (a string), batches as ``users``.
 from __future__ import annotations
 
 from diffalign.data.errors import DataError
-from diffalign.data.formats import register_format
+from diffalign.data.registry import register_format
 from diffalign.data.formats.image_pairs import ImagePairs
 
 
