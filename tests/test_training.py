@@ -106,3 +106,26 @@ def test_bf16_mixed_precision_starts_at_ln2(tiny_model_dir, pair_jsonl, tmp_path
 def test_fp16_needs_cuda(tiny_model_dir, pair_jsonl, tmp_path):
     with pytest.raises(ValueError, match="fp16 needs a CUDA GPU"):
         train(config_for(tiny_model_dir("sd"), pair_jsonl, tmp_path, mixed_precision="fp16"))
+
+
+def test_vae_encodes_in_float32_outside_autocast(tiny_model_dir, pair_jsonl, tmp_path):
+    """The encode step runs outside autocast, so under bf16 mixed precision the VAE still sees float32."""
+    spy = (
+        "import sys, torch, diffalign\n"
+        "from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL\n"
+        "seen, encode = set(), AutoencoderKL.encode\n"
+        "def spy(self, x, *a, **k):\n"
+        "    seen.add((torch.is_autocast_enabled('cpu'), str(x.dtype), str(next(self.parameters()).dtype)))\n"
+        "    return encode(self, x, *a, **k)\n"
+        "AutoencoderKL.encode = spy\n"
+        "from diffalign.cli import main\n"
+        "code = main(sys.argv[1:])\n"
+        "print('SEEN', sorted(seen))\n"
+        "raise SystemExit(code)\n"
+    )
+    command = [sys.executable, "-c", spy, "train", "--method", "diffusion-dpo", "--model", tiny_model_dir("sd"),
+               "--data", pair_jsonl, "--resolution", "64", "--max-steps", "1", "--train-batch-size", "2",
+               "--lora-rank", "4", "--mixed-precision", "bf16", "--output-dir", str(tmp_path), "--no-progress-bar"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "SEEN [(False, 'torch.float32', 'torch.float32')]" in result.stdout
