@@ -53,10 +53,12 @@ class TrainConfig:
     optimizer: str = "adamw"  # adamw | adafactor | adamw8bit
     mixed_precision: str = "no"  # no | fp16 | bf16
     seed: int = 0
+    num_threads: Optional[int] = None  # torch CPU threads per process (None: see diffalign.training.threads)
 
     # bookkeeping
     checkpointing_steps: int = 500
     checkpoints_total_limit: Optional[int] = None
     resume_from: Optional[str] = None  # latest | PATH
+    overwrite: bool = False  # clear a non-empty output folder that holds no run to resume
     report_to: Optional[str] = None  # tensorboard
     progress_bar: bool = True
