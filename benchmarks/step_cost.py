@@ -17,11 +17,14 @@ optimiser post-step hook; the target runs unmodified), one process at a time, wi
 interleaved (A, B, C, A, B, C, ...) ``--repeats`` times, so load drift on a shared machine hits all
 alike. Step time = the median over all repeats of the intervals between consecutive optimiser steps,
 after the first ``--warmup`` intervals of each run (it includes data loading and logging); beside it
-the same median of the process's CPU time per step, which other processes time-slicing the CPUs do
-not inflate (the run prints the load average it saw). Peak RSS =
-``ru_maxrss`` of the child from ``os.wait4``, the largest over the repeats (the benchmark process
-itself stays small: the model and data are built in a separate subprocess, because Linux carries
-the parent's high-water RSS across ``exec`` into the child's ``ru_maxrss``).
+the same median of the process's CPU time per step (time spent waiting for a CPU taken by another
+process does not count in it; cache and memory contention and a VM's stolen time still do), and the
+run prints the load average it saw. Peak RSS = ``ru_maxrss`` of the child from ``os.wait4``, the
+largest over the repeats (the benchmark process itself stays small: the model and data are built in
+a separate subprocess, because Linux carries the parent's high-water RSS across ``exec`` into the
+child's ``ru_maxrss``). The default run takes about 10 minutes on a 2-core CPU; there one
+configuration's median moves by about 5-10% between repeats, so ratios near a limit need
+``--repeats 4`` or more.
 
 - diffalign from images: ``-m diffalign train --method M --data pairs.jsonl --lora-rank 8|0 ...``
   (VAE and text encoder run every step);
@@ -32,7 +35,7 @@ the parent's high-water RSS across ``exec`` into the child's ``ru_maxrss``).
   rank 8 (alpha 8, gaussian init, to_q/k/v/out.0 as diffalign's), resolution, steps, seed, learning
   rate (constant, no warm-up) and ``--mixed_precision no``. Offline details: ``--report_to`` names an
   accelerate tracker whose package is not installed (accelerate then drops it, so no tracker runs,
-  as in diffalign's runs; the script rejects "none"); the script imports ``wandb`` at module level
+  as in diffalign's runs; accelerate rejects "none"); the script imports ``wandb`` at module level
   but uses it only to log validation images with ``--report_to wandb``, so when wandb is not
   installed a stub package (``WORKDIR/shims/wandb``) is put on its ``PYTHONPATH``. This makes its
   peak RSS no larger than with the real wandb, i.e. the comparison is conservative for diffalign.
@@ -399,7 +402,7 @@ def main(argv=None) -> None:
     loads = [run["load"] for config_runs in runs.values() for run in config_runs]
     if loads:
         notes["footer"].append(f"1-minute load average at the end of each run: {min(loads):.2f} to {max(loads):.2f} "
-                               f"on {os.cpu_count()} CPUs (above ~1, other processes shared the CPUs: prefer the CPU-time column)")
+                               f"on {os.cpu_count()} CPUs (the benchmark's own run counts 1; more means other processes shared the CPUs)")
     print_report(configs, results, args, notes)
     print(f"benchmark process peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB "
           f"(carried into each child's ru_maxrss at most); total {time.perf_counter() - started:.0f} s; work folder {args.workdir}")

@@ -113,6 +113,7 @@ def _add_cache_command(subparsers) -> None:
     parser.add_argument("--batch-size", type=int, default=8, help="images or prompts per encoder call (default: 8)")
     parser.add_argument("--shard-size", type=int, default=1024, help="rows per safetensors shard (default: 1024)")
     parser.add_argument("--revision", default=None, help="model revision on the hub")
+    parser.add_argument("--num-threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing cache folder")
     parser.add_argument("--progress-bar", action=argparse.BooleanOptionalAction, default=True)
     parser.set_defaults(func=run_cache)
@@ -121,27 +122,36 @@ def _add_cache_command(subparsers) -> None:
 def run_cache(args) -> int:
     import time
 
+    import torch
+
     from diffalign.data import DataError, read_table
     from diffalign.data.cache import build_cache, guess_format
     from diffalign.diffusion.fingerprint import encoder_fingerprint
     from diffalign.diffusion.model import DiffusionModel
     from diffalign.errors import ModelLoadError
     from diffalign.methods.base import UnknownMethodError, get_method_class
+    from diffalign.training.progress import library_progress_bars
 
     started = time.time()
+    if args.num_threads is not None:
+        if args.num_threads < 1:
+            raise UsageError(f"--num-threads must be >= 1, got {args.num_threads}")
+        torch.set_num_threads(args.num_threads)
     try:
         data_format = args.format
         if args.method:
             data_format = get_method_class(args.method).data_format
         if data_format is None:
             data_format = guess_format(read_table(args.data, args.data_split))
-        model = DiffusionModel.from_pretrained(args.model, reference=None, resolution=args.resolution, revision=args.revision)
-        info = build_cache(
-            model, args.data, args.output, data_format=data_format, encoders=encoder_fingerprint(args.model, args.revision),
-            model_name=args.model, split=args.data_split, resolution=model.resolution, random_flip=args.random_flip,
-            batch_size=args.batch_size, shard_size=args.shard_size, max_rows=args.max_train_samples,
-            skip_bad_rows=args.skip_bad_rows, overwrite=args.overwrite, progress=args.progress_bar,
-        )
+        with library_progress_bars(args.progress_bar):
+            model = DiffusionModel.from_pretrained(args.model, reference=None, resolution=args.resolution,
+                                                   revision=args.revision)
+            info = build_cache(
+                model, args.data, args.output, data_format=data_format, encoders=encoder_fingerprint(args.model, args.revision),
+                model_name=args.model, split=args.data_split, resolution=model.resolution, random_flip=args.random_flip,
+                batch_size=args.batch_size, shard_size=args.shard_size, max_rows=args.max_train_samples,
+                skip_bad_rows=args.skip_bad_rows, overwrite=args.overwrite, progress=args.progress_bar,
+            )
     except (UnknownMethodError, ModelLoadError, DataError, KeyError) as error:
         raise UsageError(str(error).strip("'\"")) from error
     skipped = sum(info["source"]["skipped"].values())

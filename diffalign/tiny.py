@@ -236,8 +236,8 @@ def build_sd_proportioned_pipeline(seed: int = 0, tokenizer=None):
       full CLIP vocabulary via ``clip_tokenizer_from_open_clip`` only grows the embedding table).
 
     Measured forward costs at batch 2 on one CPU thread (torch 2.13, median of interleaved calls):
-    VAE encoder 256 px ~= 0.6 x one UNet forward (0.50-0.64 over runs; SD1.5 at 512 px: ~0.6), text
-    encoder (77 tokens) ~= 0.05 x one UNet forward; one UNet forward ~0.35 s.
+    VAE encoder at 256 px ~= 0.6 x one UNet forward (0.50-0.65 over six runs on a 2-core VM; SD1.5 at
+    512 px: ~0.6), text encoder (77 tokens) ~= 0.045 x one UNet forward; one UNet forward 0.35-0.40 s.
     """
     from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel

@@ -19,7 +19,7 @@ from diffalign.rewards.hpsv2 import CheckpointError
 from diffalign.rewards.http_judge import JudgeRequestError
 from diffalign.rewards.images import ImageLoadError
 from diffalign.rewards.pairs import PairStats, best_vs_worst, rank_and_sift, write_pairs
-from diffalign.rewards.records import RecordError, read_image_records
+from diffalign.rewards.records import ImageListing, RecordError, read_image_listing
 from diffalign.rewards.scoring import score_records
 
 USER_ERRORS = (CheckpointError, ImageLoadError, JudgeRequestError, RecordError, FileNotFoundError, KeyError, ValueError)
@@ -52,7 +52,7 @@ def _add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scorer", required=True, help="registered scorer name (hpsv2, pickscore, unifiedreward, unifiedreward-2.0, unifiedreward-think, toy, ...)")
     parser.add_argument("--images", required=True, help="folder of images or .jsonl listing ({'image': path, 'prompt': text} per line)")
     prompts = parser.add_mutually_exclusive_group()
-    prompts.add_argument("--prompts", help="text file, one prompt per line (with a folder: k consecutive images per prompt)")
+    prompts.add_argument("--prompts", help="text file, one prompt per non-empty line; with a folder, every image must be named {prompt_index}_{j}.{ext} (prompt_index from 0, j the candidate)")
     prompts.add_argument("--prompt", help="one prompt for every image")
     parser.add_argument("--out", required=True, help="output .jsonl")
     for flag, help_text in _SCORER_FLAGS.items():
@@ -129,8 +129,17 @@ def run_pairs(args: argparse.Namespace) -> int:
     return _run_safely(_pairs, args)
 
 
+def _report_prompts_without_images(args: argparse.Namespace, listing: ImageListing) -> None:
+    """One line naming the prompts of ``--prompts FILE`` that no image in the folder belongs to."""
+    missing = listing.prompts_without_images
+    if missing:
+        shown = ", ".join(map(str, missing[:10])) + (f", ... ({len(missing) - 10} more)" if len(missing) > 10 else "")
+        print(f"{len(missing)} of {listing.prompt_count} prompts in {args.prompts} have no image in {args.images} (prompt {'index' if len(missing) == 1 else 'indices'} {shown})")
+
+
 def _score(args: argparse.Namespace) -> int:
-    records = read_image_records(args.images, args.prompts, args.prompt)
+    listing = read_image_listing(args.images, args.prompts, args.prompt)
+    records = listing.records
     scorer = build_scorer(args)
     if not isinstance(scorer, Scorer):
         raise UsageError(f"scorer {args.scorer!r} is pairwise only; build pairs or win rates with it instead")
@@ -156,19 +165,22 @@ def _score(args: argparse.Namespace) -> int:
     report_scale = getattr(scorer, "report_scale", 1.0)
     if report_scale != 1.0 and len(valid):
         print(f"mean x {report_scale:g} (benchmark scale): {stats[0] * report_scale:.2f}")
+    _report_prompts_without_images(args, listing)
     print(f"wrote {len(records) - len(skipped)} rows to {args.out}")
     return 0
 
 
-def _print_pair_stats(args: argparse.Namespace, stats: PairStats) -> None:
+def _print_pair_stats(args: argparse.Namespace, stats: PairStats, listing: ImageListing) -> None:
     header = ["scorer", "method", "prompts", "pairs", "too_few_images", "below_margin", "no_decisive_pair", "unscored_images", "unparsable_verdicts", "skipped_images"]
     row = [args.scorer, args.method, stats.prompts, stats.pairs, stats.too_few_images, stats.below_margin, stats.no_decisive_pair, stats.unscored_images, stats.unparsable_verdicts, stats.skipped_images]
     print(_table(header, [[str(cell) for cell in row]]))
+    _report_prompts_without_images(args, listing)
     print(f"wrote {stats.pairs} pairs to {args.out}")
 
 
 def _pairs(args: argparse.Namespace) -> int:
-    records = read_image_records(args.images, args.prompts, args.prompt)
+    listing = read_image_listing(args.images, args.prompts, args.prompt)
+    records = listing.records
     scorer = build_scorer(args)
     if not isinstance(scorer, Scorer):
         raise UsageError(f"scorer {args.scorer!r} gives no pointwise scores; both methods need them")
@@ -185,7 +197,10 @@ def _pairs(args: argparse.Namespace) -> int:
         if not isinstance(scorer, PairwiseScorer):
             raise UsageError(f"--method rank-sift needs a scorer that ranks pairs and scores points (e.g. unifiedreward); {args.scorer!r} does not rank pairs")
         pairs, stats = rank_and_sift(records, scorer, scorer, args.scorer, args.min_margin, args.both_orders, args.skip_invalid)
+    # prompts with no image at all are prompts with too few images, as are those with one
+    stats.prompts += len(listing.prompts_without_images)
+    stats.too_few_images += len(listing.prompts_without_images)
     write_pairs(pairs, args.out)
-    _print_pair_stats(args, stats)
+    _print_pair_stats(args, stats, listing)
     return 0
 

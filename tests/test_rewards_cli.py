@@ -19,7 +19,7 @@ from diffalign.rewards import get_scorer, registered_scorers
 from diffalign.rewards.base import PairwiseResult, PairwiseScorer, Scorer
 from diffalign.rewards.cli import add_pairs_command, add_score_command
 from diffalign.rewards.pairs import best_vs_worst, rank_and_sift
-from diffalign.rewards.records import ImageRecord
+from diffalign.rewards.records import ImageRecord, candidate_image_name
 from tiny_rewards import save_tiny_hps_checkpoint
 from test_rewards_unifiedreward import StubServer, brightness_answer
 
@@ -40,14 +40,19 @@ def tiny_hps(tmp_path_factory):
 
 @pytest.fixture
 def candidates(tmp_path):
-    """Two prompts x 4 gray candidates in a folder, plus the prompts file."""
+    """Two prompts x 4 gray candidates in a folder, named {prompt_index}_{j}.png, plus the prompts file."""
     folder = tmp_path / "gen"
     folder.mkdir()
     levels = [30, 220, 120, 60, 200, 10, 90, 150]
     for index, level in enumerate(levels):
-        Image.new("RGB", (48, 32), (level, level, level)).save(folder / f"img{index}.png")  # natural sort: img0..img7
+        Image.new("RGB", (48, 32), (level, level, level)).save(folder / name(index))
     (tmp_path / "prompts.txt").write_text("a bright square\n\na dark square\n")
     return folder, tmp_path / "prompts.txt", levels
+
+
+def name(index):
+    """File name of the index-th of the 8 candidates: prompt index // 4, candidate index % 4."""
+    return candidate_image_name(index // 4, index % 4)
 
 
 def read_jsonl(path):
@@ -61,10 +66,10 @@ def test_score_folder_with_hpsv2(tiny_hps, candidates, tmp_path, capsys):
     assert run("score", "--scorer", "hpsv2", "--checkpoint", checkpoint, "--architecture", config, "--device", "cpu",
                "--images", str(folder), "--prompts", str(prompts), "--out", str(out), "--batch-size", "3") == 0
     rows = read_jsonl(out)
-    assert [r["image"] for r in rows] == [os.path.join("..", "gen", f"img{i}.png") for i in range(8)]
+    assert [r["image"] for r in rows] == [os.path.join("..", "gen", name(i)) for i in range(8)]
     assert [r["prompt"] for r in rows] == ["a bright square"] * 4 + ["a dark square"] * 4
     scorer = get_scorer("hpsv2", checkpoint=checkpoint, architecture=config, device="cpu", progress=False)
-    expected = scorer.score([Image.open(folder / f"img{i}.png") for i in range(8)], [r["prompt"] for r in rows])
+    expected = scorer.score([Image.open(folder / name(i)) for i in range(8)], [r["prompt"] for r in rows])
     torch.testing.assert_close(torch.tensor([r["score"] for r in rows]), expected, rtol=0, atol=1e-6)
     assert {r["scorer"] for r in rows} == {"hpsv2"}
     printed = capsys.readouterr().out
@@ -77,14 +82,14 @@ def test_pairs_best_vs_worst_from_jsonl(candidates, tmp_path, capsys):
     stub = StubServer(brightness_answer)
     try:
         listing = tmp_path / "listing.jsonl"
-        listing.write_text("".join(json.dumps({"image": f"gen/img{i}.png", "prompt": f"p{i // 4}"}) + "\n" for i in range(8)))
+        listing.write_text("".join(json.dumps({"image": f"gen/{name(i)}", "prompt": f"p{i // 4}"}) + "\n" for i in range(8)))
         out = tmp_path / "pairs" / "prefs.jsonl"
         assert run("pairs", "--scorer", "unifiedreward", "--base-url", stub.url, "--images", str(listing), "--out", str(out)) == 0
         rows = read_jsonl(out)
-        # brightness -> Final Score 1 + level // 64: p0 best img1 (220 -> 4) vs worst img0 (30 -> 1); p1 img4 (4) vs img5 (1)
+        # brightness -> Final Score 1 + level // 64: p0 best 0_1 (220 -> 4) vs worst 0_0 (30 -> 1); p1 1_0 (4) vs 1_1 (1)
         assert rows == [
-            {"prompt": "p0", "chosen": "../gen/img1.png", "rejected": "../gen/img0.png", "chosen_score": 4.0, "rejected_score": 1.0, "scorer": "unifiedreward"},
-            {"prompt": "p1", "chosen": "../gen/img4.png", "rejected": "../gen/img5.png", "chosen_score": 4.0, "rejected_score": 1.0, "scorer": "unifiedreward"},
+            {"prompt": "p0", "chosen": "../gen/0_1.png", "rejected": "../gen/0_0.png", "chosen_score": 4.0, "rejected_score": 1.0, "scorer": "unifiedreward"},
+            {"prompt": "p1", "chosen": "../gen/1_0.png", "rejected": "../gen/1_1.png", "chosen_score": 4.0, "rejected_score": 1.0, "scorer": "unifiedreward"},
         ]
         assert os.path.exists(out.parent / rows[0]["chosen"])
         assert run("pairs", "--scorer", "unifiedreward", "--base-url", stub.url, "--images", str(listing), "--out", str(out), "--min-margin", "3.5") == 0
@@ -116,8 +121,8 @@ def test_pairs_rank_and_sift(candidates, tmp_path):
         # prompt 1: pairs (30, 220) -> 220 wins, (120, 60) -> 120 wins; best winner 220 (score 4), worst loser 30 (score 1)
         # prompt 2: pairs (200, 10), (90, 150): winners 200 (4), 150 (3); losers 10 (1), 90 (2)
         assert [(r["chosen"], r["rejected"], r["chosen_score"], r["rejected_score"]) for r in rows] == [
-            ("gen/img1.png", "gen/img0.png", 4.0, 1.0),
-            ("gen/img4.png", "gen/img5.png", 4.0, 1.0),
+            ("gen/0_1.png", "gen/0_0.png", 4.0, 1.0),
+            ("gen/1_0.png", "gen/1_1.png", 4.0, 1.0),
         ]
         # 4 pairs x 2 orders ranked + 8 images scored
         assert len(stub.payloads) == 16
@@ -161,7 +166,7 @@ def test_user_errors_exit_2(tiny_hps, candidates, tmp_path, capsys):
         assert run(*argv) == 2, argv
         assert message in capsys.readouterr().err
     bad = tmp_path / "bad.jsonl"
-    bad.write_text(json.dumps({"image": "gen/img0.png", "prompt": "p"}) + "\n" + json.dumps({"prompt": "p"}) + "\n")
+    bad.write_text(json.dumps({"image": "gen/0_0.png", "prompt": "p"}) + "\n" + json.dumps({"prompt": "p"}) + "\n")
     assert run("score", "--scorer", "hpsv2", "--checkpoint", checkpoint, "--images", str(bad), "--out", out) == 2
     assert f"{bad}:2: missing string field 'image'" in capsys.readouterr().err
 
@@ -169,15 +174,15 @@ def test_user_errors_exit_2(tiny_hps, candidates, tmp_path, capsys):
 def test_corrupt_image_is_an_error_or_a_counted_skip(tiny_hps, candidates, tmp_path, capsys):
     checkpoint, config = tiny_hps
     folder, prompts, _ = candidates
-    (folder / "img7.png").write_bytes(b"not a png")
+    (folder / "1_3.png").write_bytes(b"not a png")
     argv = ["score", "--scorer", "hpsv2", "--checkpoint", checkpoint, "--architecture", config, "--device", "cpu",
             "--images", str(folder), "--prompts", str(prompts), "--out", str(tmp_path / "s.jsonl")]
     assert run(*argv) == 2
-    assert "img7.png: cannot decode image" in capsys.readouterr().err
+    assert "1_3.png: cannot decode image" in capsys.readouterr().err
     assert run(*argv, "--skip-invalid") == 0
     assert len(read_jsonl(tmp_path / "s.jsonl")) == 7
     captured = capsys.readouterr()
-    assert "skipped" in captured.err and "img7.png" in captured.err
+    assert "skipped" in captured.err and "1_3.png" in captured.err
 
 
 def test_registry_lists_builtin_scorers():

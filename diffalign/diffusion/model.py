@@ -58,6 +58,12 @@ class LoraSettings:
         )
 
 
+def cast(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """``module.to(dtype)`` without diffusers' ``ModelMixin.to`` warning that "modules should be kept in
+    float32: []" (it warns whenever a dtype is given, even for models with no such module)."""
+    return torch.nn.Module.to(module, dtype=dtype)
+
+
 def read_model_index(model: str, revision: Optional[str] = None) -> dict:
     """The pipeline's ``model_index.json`` from a local folder or the hub."""
     local = os.path.join(model, "model_index.json")
@@ -191,16 +197,15 @@ class DiffusionModel:
         With LoRA the frozen base weights are cast too, the trainable adapters stay float32."""
         self.device = torch.device(device)
         self.weight_dtype = dtype
-        cast = {} if dtype == torch.float32 else {"dtype": dtype}
         if self.vae is not None:
             self.vae.to(self.device)
         for text_encoder in self.text_encoders:
-            text_encoder.to(self.device, **cast)
+            text_encoder.to(self.device, dtype=dtype)
         if self.reference_unet is not None:
-            self.reference_unet.to(self.device, **cast)
+            cast(self.reference_unet.to(self.device), dtype)
         self.unwrapped_unet.to(self.device)
         if self.lora is not None and dtype != torch.float32:
-            self.unwrapped_unet.to(dtype=dtype)
+            cast(self.unwrapped_unet, dtype)
             for parameter in self.unwrapped_unet.parameters():
                 if parameter.requires_grad:
                     parameter.data = parameter.data.float()
@@ -216,7 +221,7 @@ class DiffusionModel:
             layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unwrapped))
             pipeline_class.save_lora_weights(output_dir, unet_lora_layers=layers, safe_serialization=True)
             return
-        unet = copy.deepcopy(unwrapped).to("cpu", dtype=torch.float32)
+        unet = cast(copy.deepcopy(unwrapped).to("cpu"), torch.float32)
         if self.has_encoders:
             pipeline = self.build_pipeline(unet=unet, device="cpu")
         else:  # trained from a latent cache: the other components come from the source model's files

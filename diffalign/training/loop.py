@@ -41,6 +41,8 @@ from diffalign.training.config import TrainConfig
 from diffalign.training.metrics_log import MetricsLog
 from diffalign.training.diffusion_modality import DiffusionModality
 from diffalign.training.text_modality import TextModality
+from diffalign.training.threads import configure_threads
+from diffalign.training.progress import library_progress_bars
 from diffalign.training.optim import build_lr_scheduler, build_optimizer, effective_learning_rate
 from diffalign.training.sampling import EpochIndexed, ShardedEpochBatches, step_generator
 
@@ -68,6 +70,11 @@ def train(config: TrainConfig) -> dict[str, Any]:
     Writes ``<output_dir>/metrics.jsonl``, ``checkpoints/step-N``, ``run_config.json``,
     ``data_report.json`` and the export (see the modality's ``export``).
     """
+    with library_progress_bars(config.progress_bar):
+        return _train(config)
+
+
+def _train(config: TrainConfig) -> dict[str, Any]:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
@@ -80,6 +87,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
     accelerator = Accelerator(mixed_precision=config.mixed_precision, log_with=config.report_to or None,
                               project_dir=config.output_dir)
     set_seed(config.seed)
+    threads = configure_threads(config.num_threads, int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes)))
     started = time.time()
 
     model = modality.load_model(config, needs_reference=method.needs_reference)
@@ -169,6 +177,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
         "steps": config.max_steps,
         "resumed_from_step": start_step,
         "world_size": accelerator.num_processes,
+        "torch_threads": threads,
         "parameter_checksums": checksums,
         "final_metrics": record,
         "seconds": round(time.time() - started, 2),
