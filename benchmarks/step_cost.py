@@ -43,8 +43,9 @@ configuration's median moves by about 5-10% between repeats, so ratios near a li
 Targets the table checks (ratios of medians from this run):
 LoRA Diffusion-DPO from the cache / the diffusers script: step <= 0.85, peak RSS <= 1.0;
 from the cache / from images: step <= 0.85 (1 - ratio = the share of the step spent in the VAE and
-text encoders); diffusion-dpo / sft from the cache <= 1.40 (same --batch: pairs for DPO, chosen
-images for SFT); mapo / diffusion-dpo <= 0.80.
+text encoders); diffusion-dpo / sft from the cache <= 1.40 at the same images per step (SFT trains on
+2 x --batch chosen images, as many as --batch pairs hold: DPO's policy forward and backward cost what
+SFT's do, and its reference forward adds about a third, the floor 4/3); mapo / diffusion-dpo <= 0.80.
 """
 
 from __future__ import annotations
@@ -200,8 +201,9 @@ def target_command(config: Config, args, run_dir: str, cache: str | None) -> lis
                 "--lr_warmup_steps", "0", "--rank", "8", "--mixed_precision", "no",
                 "--dataloader_num_workers", "0", "--report_to", args.tracker]
     data = cache if config.source == "cache" else os.path.join(args.workdir, "data", "pairs.jsonl")
+    batch = 2 * args.batch if config.method == "sft" else args.batch  # SFT: the same images per step as B pairs
     return ["-m", "diffalign", "train", "--method", config.method, "--model", model, "--data", data,
-            "--resolution", str(RESOLUTION), "--train-batch-size", str(args.batch), "--max-steps", str(args.steps),
+            "--resolution", str(RESOLUTION), "--train-batch-size", str(batch), "--max-steps", str(args.steps),
             "--lora-rank", "8" if config.lora else "0", "--output-dir", run_dir, "--no-progress-bar",
             "--learning-rate", "1e-5", "--checkpointing-steps", "100000", "--seed", "0"]
 
@@ -254,7 +256,7 @@ def print_report(configs: list[Config], results: dict, args, notes: dict) -> Non
     script = get("diffusion-dpo", True, "diffusers")
 
     print(f"\n{args.steps} steps per run (median over {args.repeats} interleaved repeat(s), first {args.warmup} "
-          f"interval(s) of each run dropped), batch {args.batch} (pairs; SFT: chosen images), {RESOLUTION} px, "
+          f"interval(s) of each run dropped), batch {args.batch} pairs (SFT: {2 * args.batch} chosen images), {RESOLUTION} px, "
           f"fp32 CPU, 1 torch thread, OMP_NUM_THREADS=1, one process at a time\n")
     print("| configuration | median step (ms) | run medians (ms) | CPU time (ms) | peak RSS (MB) | cache / images | "
           "dpo / sft | mapo / dpo | / diffusers step | / diffusers RSS |")
@@ -318,7 +320,7 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=int, default=6, help="optimiser steps per run (default 6)")
     parser.add_argument("--repeats", type=int, default=2, help="interleaved repeats of every configuration")
     parser.add_argument("--warmup", type=int, default=2, help="intervals dropped at the start of each run")
-    parser.add_argument("--batch", type=int, default=2, help="pairs per step (SFT: chosen images per step)")
+    parser.add_argument("--batch", type=int, default=2, help="pairs per step (SFT: twice as many chosen images)")
     parser.add_argument("--pairs", type=int, default=32, help="synthetic preference pairs in the dataset")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--tunings", nargs="+", default=["lora", "full"], choices=["lora", "full"])

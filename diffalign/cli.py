@@ -7,14 +7,17 @@
 
 ``train`` flags are the fields of ``TrainConfig`` plus the chosen method's config fields
 (``--beta``, ...); a ``--config`` YAML file gives the same keys (method options flat or under
-``method_args``), and flags given on the command line override it. User errors (unknown method,
-missing model or data, bad option) print one line and exit with code 2.
+``method_args``), and flags given on the command line override it. One parser (transformers'
+``HfArgumentParser``) types flags and file values alike, and each option's declared valid values
+(``diffalign.options``) are checked before anything is loaded. User errors (unknown method, missing
+model or data, bad option) print one line and exit with code 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import sys
 import typing
 from typing import Any, Optional, Sequence
@@ -126,6 +129,7 @@ def run_cache(args) -> int:
 
     from diffalign.data import DataError, read_table
     from diffalign.data.cache import build_cache, guess_format
+    from diffalign.data.errors import DiskFullError
     from diffalign.diffusion.fingerprint import encoder_fingerprint
     from diffalign.diffusion.model import DiffusionModel
     from diffalign.errors import ModelLoadError
@@ -152,7 +156,7 @@ def run_cache(args) -> int:
                 batch_size=args.batch_size, shard_size=args.shard_size, max_rows=args.max_train_samples,
                 skip_bad_rows=args.skip_bad_rows, overwrite=args.overwrite, progress=args.progress_bar,
             )
-    except (UnknownMethodError, ModelLoadError, DataError, KeyError) as error:
+    except (UnknownMethodError, ModelLoadError, DataError, DiskFullError, KeyError) as error:
         raise UsageError(str(error).strip("'\"")) from error
     skipped = sum(info["source"]["skipped"].values())
     print(f"cached {info['source']['cached_rows']} rows of {args.data} as {data_format} ({info['images']} images, "
@@ -164,6 +168,7 @@ def run_cache(args) -> int:
 # --------------------------------------------------------------------------------------------- train
 def run_train(args, argv: Sequence[str]) -> int:
     from diffalign.data import DataError
+    from diffalign.data.errors import DiskFullError
     from diffalign.diffusion.attention import AttentionBackendError
     from diffalign.errors import ModelLoadError
     from diffalign.methods.base import UnknownMethodError
@@ -172,7 +177,8 @@ def run_train(args, argv: Sequence[str]) -> int:
     try:
         config = parse_train_config(argv)
         summary = train(config)
-    except (UnknownMethodError, ModelLoadError, DataError, AttentionBackendError, FileNotFoundError, ValueError) as error:
+    except (UnknownMethodError, ModelLoadError, DataError, AttentionBackendError, DiskFullError, FileNotFoundError,
+            ValueError) as error:
         raise UsageError(str(error)) from error
     from accelerate import PartialState
 
@@ -180,98 +186,301 @@ def run_train(args, argv: Sequence[str]) -> int:
         return 0
     metrics = summary["final_metrics"]
     shown = ", ".join(f"{key}={value:.4g}" for key, value in metrics.items() if key in ("loss", "rewards/accuracies"))
-    print(f"trained {summary['method']} for {summary['steps']} steps in {summary['seconds']} s ({shown}); "
+    resumed = f" (resumed at step {summary['resumed_from_step']}, {summary['steps']} in all)" if summary["resumed_from_step"] else ""
+    print(f"trained {summary['method']} for {summary['trained_steps']} steps{resumed} in {summary['seconds']} s ({shown}); "
           f"output: {summary['output_dir']}")
     return 0
 
 
 def parse_train_config(argv: Sequence[str]):
-    """``TrainConfig`` from defaults <- ``--config`` YAML <- command-line flags."""
+    """``TrainConfig`` from defaults <- ``--config`` YAML <- command-line flags.
+
+    One parser types every value: ``train_option_parser`` (transformers' ``HfArgumentParser`` over
+    ``TrainConfig`` and the method's config). A YAML value is turned into the flag it stands for
+    (``learning_rate: 1e-4`` -> ``--learning_rate=1e-4``) and parsed by that parser, so the file gets
+    exactly the command line's types and errors; flags override the file. The configs' own
+    ``__post_init__`` then check the ranges (``diffalign.options``). Every invalid value is an
+    ``OptionError`` (a ``ValueError``), naming the option (and the file for a value from it), raised
+    before anything is loaded; ``--help`` prints every option and exits.
+    """
     from diffalign.methods.base import get_method_class
+    from diffalign.options import OptionError
     from diffalign.training.config import TrainConfig
 
-    first = argparse.ArgumentParser(add_help=False)
+    first = _RaisingArgumentParser(add_help=False, allow_abbrev=False)
     first.add_argument("--config")
     first.add_argument("--method")
     known, _ = first.parse_known_args(argv)
-    file_values = _read_yaml(known.config) if known.config else {}
-    method_name = known.method or file_values.get("method") or TrainConfig.method
+    path = known.config
+    file_values, file_method_args = _read_yaml(path) if path else ({}, {})
+    method_name = known.method if known.method is not None else file_values.get("method")
+    method_name = TrainConfig.method if method_name is None else str(method_name)
     method_class = get_method_class(method_name)
 
-    parser = argparse.ArgumentParser(prog="diffalign train", argument_default=argparse.SUPPRESS,
-                                     description=f"Train with a preference method (options of {method_name!r} included).")
-    parser.add_argument("--config", help="YAML file with any of the options below; flags override it")
-    general = parser.add_argument_group("training options")
-    _add_dataclass_flags(general, TrainConfig, skip={"method_args"})
-    method_group = parser.add_argument_group(f"{method_name} options")
-    _add_dataclass_flags(method_group, method_class.config_class)
-    flags = vars(parser.parse_args(argv))
-    flags.pop("config", None)
-
-    train_fields = {field.name for field in dataclasses.fields(TrainConfig)}
-    method_fields = {field.name for field in dataclasses.fields(method_class.config_class)}
-    values = {key: value for key, value in file_values.items() if key != "method_args"}
-    method_args = dict(file_values.get("method_args") or {})
-    for key in list(values):
-        if key in method_fields and key not in train_fields:
-            method_args[key] = values.pop(key)
-    unknown = sorted(set(values) - train_fields)
-    if unknown:
-        raise UsageError(f"{known.config}: unknown option(s) {', '.join(unknown)}")
-    for key, value in flags.items():
-        if key in method_fields and key not in train_fields:
-            method_args[key] = value
-        else:
-            values[key] = value
-    values["method"] = method_name
+    parser = train_option_parser(method_class.config_class, method_name)
+    from_flags = parser.parse_flags(argv)  # first, so that --help works whatever the file holds
+    from_file = parser.parse_file(path, file_values, file_method_args) if path else {}
+    given = {**from_file, **from_flags, "method": method_name}
     for required in ("model", "data"):
-        if not values.get(required):
-            raise UsageError(f"--{required} is required")
-    return TrainConfig(**values, method_args=method_args)
+        if not given.get(required):
+            raise OptionError(None, f"--{required} is required")
+    method_args = {name: value for name, value in given.items() if name in parser.method_fields}
+    values = {name: value for name, value in given.items() if name in parser.train_fields}
+    try:
+        method_class.config_class(**method_args)  # checked here too, not only when training starts
+        config = TrainConfig(**values, method_args=method_args)
+        if config.reference != "auto" and not method_class.needs_reference:
+            raise OptionError("reference", f"is not used by {method_name}, which has no reference model")
+        return config
+    except OptionError as error:
+        if error.option in from_file and error.option not in from_flags:
+            raise OptionError(error.option, error.detail, source=path) from None
+        raise
 
 
-def _read_yaml(path: str) -> dict[str, Any]:
+def _read_yaml(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(options, method_args)`` of a ``--config`` file, keys with ``_`` for ``-``."""
     import yaml
+
+    from diffalign.options import OptionError
 
     try:
         with open(path) as handle:
-            loaded = yaml.safe_load(handle) or {}
+            loaded = yaml.safe_load(handle)
     except OSError as error:
-        raise UsageError(f"cannot read --config {path}: {error.strerror}") from error
-    if not isinstance(loaded, dict):
-        raise UsageError(f"--config {path}: expected a mapping of option names to values")
-    return {key.replace("-", "_"): value for key, value in loaded.items()}
+        raise OptionError(None, f"cannot read --config {path}: {error.strerror}") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise OptionError(None, f"--config {path} is not valid YAML: {getattr(error, 'problem', None) or error}{where}") from None
+
+    def mapping(value, what: str) -> dict[str, Any]:
+        if value is None:
+            return {}
+        if not isinstance(value, dict) or not all(isinstance(key, str) for key in value):
+            raise OptionError(None, f"--config {path}: expected {what} of option names to values")
+        return {key.replace("-", "_"): item for key, item in value.items()}
+
+    values = mapping(loaded, "a mapping")
+    method_args = mapping(values.pop("method_args", None), "method_args: to be a mapping")
+    return values, method_args
 
 
-def _add_dataclass_flags(group, cls, skip=frozenset()) -> None:
-    hints = typing.get_type_hints(cls)
-    for field in dataclasses.fields(cls):
-        if field.name in skip:
-            continue
-        flag = "--" + field.name.replace("_", "-")
-        kind = _unwrap_optional(hints[field.name])
-        if field.default is not dataclasses.MISSING:
-            default = field.default
-        elif field.default_factory is not dataclasses.MISSING:
-            default = field.default_factory()
-        else:
-            default = None
-        help_text = f"default: {default}"
-        if kind is bool:
-            group.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text)
-        elif typing.get_origin(kind) is list:
-            group.add_argument(flag, nargs="+", type=typing.get_args(kind)[0], help=help_text)
-        else:
-            group.add_argument(flag, type=kind, help=help_text)
+_NOT_GIVEN = object()
 
 
-def _unwrap_optional(kind):
-    if typing.get_origin(kind) is typing.Union:
-        arguments = [argument for argument in typing.get_args(kind) if argument is not type(None)]
-        if len(arguments) == 1:
-            return arguments[0]
-    return kind
+def train_option_parser(method_config_class, method_name: str):
+    """The ``diffalign train`` parser of ``TrainConfig`` and ``method_config_class`` (help lines, groups)."""
+    return _train_option_parser_class()(method_config_class, method_name)
 
+
+class _RaisingArgumentParser(argparse.ArgumentParser):
+    """Raises ``OptionError`` where argparse would print usage and exit."""
+
+    def error(self, message):
+        raise _argparse_error(message)
+
+
+def _argparse_error(message: str):
+    """argparse's message as an ``OptionError``: ``argument --max_steps/--max-steps: invalid int value:
+    'two'`` -> ``--max-steps must be an integer, got 'two'``."""
+    import re
+
+    from diffalign.options import OptionError
+
+    match = re.fullmatch(r"argument (--[\w-]+)(?:/[\w/-]+)?: (.*)", message, flags=re.DOTALL)
+    if not match:
+        return OptionError(None, message)
+    name, problem = match.group(1)[2:].replace("-", "_"), match.group(2)
+    kinds = {"int": "an integer", "float": "a number"}
+    for pattern, detail in (
+        (r"invalid (\w+) value: (.*)", lambda m: f"must be {kinds.get(m.group(1), 'a ' + m.group(1))}, got {m.group(2)}"),
+        (r"Truthy value expected: got (.*?) but expected one of .*", lambda m: f"must be true or false, got {m.group(1)!r}"),
+        (r"expected one argument", lambda m: "needs a value"),
+        (r"expected at least one argument", lambda m: "needs at least one value"),
+        (r"ignored explicit argument (.*)", lambda m: f"takes no value, got {m.group(1)}"),
+    ):
+        found = re.fullmatch(pattern, problem, flags=re.DOTALL)
+        if found:
+            return OptionError(name, detail(found))
+    return OptionError(name, f"is not valid: {problem}")
+
+
+@functools.lru_cache(maxsize=None)
+def _train_option_parser_class():
+    """Built on first use: importing transformers takes seconds, and only ``train`` needs it."""
+    import copy
+    import re
+    import shutil
+    import types
+
+    from transformers import HfArgumentParser
+    from transformers.hf_argparser import string_to_bool
+
+    from diffalign.options import OptionError, allowed_values, field_kind
+    from diffalign.training.config import TrainConfig
+
+    metavars = {int: "INT", float: "FLOAT", str: "TEXT"}
+
+    def is_bool_flag(action) -> bool:
+        return action.type is string_to_bool
+
+    class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+        """Dashed spellings only (``--max-steps``; ``--max_steps`` works too), ``--x, --no-x`` for
+        switches, the default after the allowed values."""
+
+        def __init__(self, prog):
+            super().__init__(prog, max_help_position=36, width=min(shutil.get_terminal_size().columns, 120))
+
+        def _format_action_invocation(self, action):
+            if not action.option_strings:
+                return super()._format_action_invocation(action)
+            spellings = [option for option in action.option_strings if "_" not in option] or action.option_strings
+            if is_bool_flag(action):
+                return ", ".join([*spellings, *(f"--no-{option[2:]}" for option in spellings)])
+            if action.nargs == 0:
+                return ", ".join(spellings)
+            arguments = self._format_args(action, self._get_default_metavar_for_optional(action))
+            return ", ".join(f"{option} {arguments}" for option in spellings)
+
+        def _get_help_string(self, action):
+            notes = [getattr(action, "allowed", None)]
+            default = action.default
+            if action.option_strings and default not in (None, "", argparse.SUPPRESS) and action.dest not in ("help", "config"):
+                if isinstance(default, bool):
+                    shown = "on" if default else "off"
+                elif isinstance(default, (list, tuple)):
+                    shown = " ".join(str(item) for item in default)
+                else:
+                    shown = str(default)
+                notes.append(f"default: {shown.replace('%', '%%')}")
+            notes = [note for note in notes if note]
+            return (action.help or "") + (f" ({'; '.join(notes)})" if notes else "")
+
+    class TrainOptionParser(HfArgumentParser):
+        """``HfArgumentParser`` over ``TrainConfig`` ("training options") and a method config ("<method>
+        options"). Its argparse ``type`` per field coerces both flags and ``--config`` values; errors
+        raise ``OptionError`` instead of exiting."""
+
+        def __init__(self, method_config_class, method_name: str):
+            super().__init__(
+                [], prog="diffalign train", formatter_class=HelpFormatter, allow_abbrev=False,
+                usage="diffalign train --method NAME --model PATH_OR_ID --data PATH_OR_ID [options] [--config run.yaml]",
+                description=f"Train a model with a preference method; the options of {method_name!r} are included "
+                            "(`diffalign train --method NAME --help` for another method's). Every option can also be a "
+                            "key of the --config file.",
+            )
+            self.add_argument("--config", metavar="FILE", help="YAML file with any of the options below as keys (method "
+                              "options flat or under method_args:); flags given on the command line override it")
+            self.dataclass_types = [TrainConfig, method_config_class]
+            self.method_name = method_name
+            if hasattr(self, "_negative_number_matcher"):  # also read -1e-5 and -inf as values, not as options
+                self._negative_number_matcher = re.compile(r"^-(\d+\.?\d*|\.\d+)(e[+-]?\d+)?$|^-inf$", re.IGNORECASE)
+            self.train_fields = self._add_fields(TrainConfig, "training options")
+            self.method_fields = self._add_fields(method_config_class, f"{method_name} options")
+            clash = set(self.train_fields) & set(self.method_fields)
+            if clash:
+                raise TypeError(f"{method_config_class.__qualname__} redefines training options {sorted(clash)}")
+
+        def error(self, message):
+            raise _argparse_error(message)
+
+        # ------------------------------------------------------------------------------- building
+        def _add_fields(self, cls, title: str) -> dict[str, Any]:
+            group = self.add_argument_group(title)
+            added = {}
+            for field in dataclasses.fields(cls):
+                if not field.init or field.metadata.get("cli", True) is False:
+                    continue
+                kind, _ = field_kind(cls, field.name)
+                shown = copy.copy(field)  # HfArgumentParser rewrites field.type: leave the class's field alone
+                shown.type = typing.get_type_hints(cls)[field.name]
+                metadata = {"help": field.metadata.get("help", "").replace("%", "%%")}
+                if kind is not bool:
+                    item = typing.get_args(kind)[0] if typing.get_origin(kind) is list else kind
+                    metadata["metavar"] = field.metadata.get("metavar") or (
+                        "NAME" if "choices" in field.metadata else metavars.get(item, "VALUE"))
+                shown.metadata = types.MappingProxyType(metadata)
+                self._parse_dataclass_field(group, shown)
+                allowed = allowed_values(field.metadata)
+                self._option_string_actions["--" + field.name].allowed = (
+                    f"{'each ' if typing.get_origin(kind) is list else ''}{allowed}".replace("%", "%%") if allowed else None)
+                self._finish(group, field.name, kind)
+                added[field.name] = field
+            return added
+
+        def _finish(self, group, name: str, kind) -> None:
+            """Dashed aliases where the installed transformers adds none, and a hidden ``--no-x`` for
+            every switch (transformers adds a visible one for switches that default to on)."""
+            actions = [action for action in self._actions if action.dest == name]
+            for action in actions:
+                for option_string in list(action.option_strings):
+                    dashed = "--" + option_string[2:].replace("_", "-")
+                    if dashed not in self._option_string_actions:
+                        action.option_strings.append(dashed)
+                        self._option_string_actions[dashed] = action
+                if action.type is not string_to_bool and kind is bool:
+                    action.help = argparse.SUPPRESS
+            if kind is bool and len(actions) == 1:
+                group.add_argument(f"--no-{name.replace('_', '-')}", f"--no_{name}", action="store_false", dest=name,
+                                   default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+        # -------------------------------------------------------------------------------- parsing
+        def parse_flags(self, tokens: Sequence[str]) -> dict[str, Any]:
+            """The options given in ``tokens`` (typed), without ``--config``; absent ones are left out."""
+            dests = {action.dest for action in self._actions if action.dest not in (argparse.SUPPRESS, "help")}
+            namespace = self.parse_args(list(tokens), argparse.Namespace(**{dest: _NOT_GIVEN for dest in dests}))
+            given = {dest: value for dest, value in vars(namespace).items() if value is not _NOT_GIVEN}
+            given.pop("config", None)
+            return given
+
+        def parse_file(self, path: str, values: dict[str, Any], method_args: dict[str, Any]) -> dict[str, Any]:
+            """The ``--config`` file's options, each typed by this parser as the flag it stands for."""
+            import difflib
+
+            given = {}
+            for key in method_args:
+                if key not in self.method_fields:
+                    raise OptionError(None, f"method_args: {self.method_name} has no option {key!r}; its options: "
+                                            f"{', '.join(self.method_fields) or 'none'}", source=path)
+            for key in values:
+                if key not in self.train_fields and key not in self.method_fields:
+                    close = difflib.get_close_matches(key, [*self.train_fields, *self.method_fields], n=1)
+                    hint = f"did you mean {close[0]}?" if close else f"neither a training option nor a {self.method_name} option"
+                    raise OptionError(None, f"unknown option {key!r} ({hint})", source=path)
+            for key, value in [*values.items(), *method_args.items()]:
+                try:
+                    given[key] = self._parse_value(key, value)
+                except OptionError as error:
+                    raise OptionError(key, error.detail, source=path) from None
+            return given
+
+        def _parse_value(self, key: str, value: Any) -> Any:
+            cls = TrainConfig if key in self.train_fields else self.dataclass_types[1]
+            kind, optional = field_kind(cls, key)
+            if value is None:
+                if optional:
+                    return None
+                raise OptionError(key, "needs a value, got null")
+            is_list = typing.get_origin(kind) is list
+            items = value if isinstance(value, list) and is_list else [value]
+            if isinstance(value, (list, dict)) and not is_list:
+                raise OptionError(key, f"must be a single value, got {value!r}")
+            if not items:
+                raise OptionError(key, "needs at least one value")
+            texts = []
+            for item in items:
+                if isinstance(item, (list, dict)):
+                    raise OptionError(key, f"must be a list of single values, got {value!r}")
+                if isinstance(item, bool) and kind is not bool:
+                    raise OptionError(key, f"must not be a boolean, got {item!r} (YAML reads unquoted yes, no, on, off, "
+                                           "true and false as booleans: quote the value)")
+                texts.append(str(item).lower() if isinstance(item, bool) else str(item))
+            if is_list:  # one --key=item per item, so that no item is mistaken for an option
+                return [item for text in texts for item in self.parse_flags([f"--{key}={text}"])[key]]
+            return self.parse_flags([f"--{key}={texts[0]}"])[key]
+
+    return TrainOptionParser
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -86,12 +86,11 @@ def test_corrupt_image_error_or_counted_skip(saved_pickapic):
     table = pickapic([1.0, 1.0, 0.0])
     table = datasets.Dataset.from_dict({**table.to_dict(), "jpg_1": [png_bytes(1), b"not an image", png_bytes(2)]})
     path = saved_pickapic(table)
-    dataset = load(path)
-    with pytest.raises(DataError, match=r"row 1, field 'jpg_1': cannot decode image"):
-        dataset[1]
+    with pytest.raises(DataError, match=r"1 row has unreadable images \(row 1, field 'jpg_1': cannot decode image"):
+        load(path)  # every image is checked up front (tests/test_data_checks.py)
     dataset = load(path, skip_bad_rows=True)
     assert [e.index for e in dataset.examples] == [0, 2]
-    assert dataset.skipped.counts == {"undecodable images": 1}
+    assert dataset.skipped.counts == {"unreadable images": 1}
 
 
 def test_jsonl_paths_are_relative_to_the_file(tmp_path, pair_jsonl):

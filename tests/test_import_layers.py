@@ -30,6 +30,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAYERS: dict[str, int] = {
     "diffalign.errors": 0,
     "diffalign._compat": 0,
+    "diffalign.options": 0,
     "diffalign": 0,  # the package __init__ only
     "diffalign.objectives": 1,
     "diffalign.diffusion": 2,

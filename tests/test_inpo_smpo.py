@@ -140,7 +140,7 @@ def test_invert_with_reference_uses_the_frozen_network(load):
     after_policy, after_reference = provide(SmPOConfig()), provide(SmPOConfig(invert_with="reference"))
     assert torch.equal(after_reference[0], before[0]) and torch.equal(after_reference[1], before[1])
     assert not torch.equal(after_policy[0], before[0])
-    with pytest.raises(ValueError, match="invert_with"):
+    with pytest.raises(ValueError, match="--invert-with must be one of: policy, reference"):
         SmPOConfig(invert_with="ema")
 
 

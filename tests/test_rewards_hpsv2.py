@@ -13,6 +13,7 @@ import torch.nn.functional as F
 import torchvision.transforms.functional as TF
 from PIL import Image
 
+from diffalign.data.images import to_rgb
 from diffalign.rewards import get_scorer
 from diffalign.rewards.hpsv2 import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, CheckpointError, HPSv2Scorer, hps_preprocess
 from tiny_rewards import TINY_OPEN_CLIP, save_tiny_hps_checkpoint
@@ -25,8 +26,9 @@ def _noise(width, height, mode="RGB", seed=0):
 
 
 def _reference_preprocess(image):
-    """The official transform as torchvision ops: ToTensor, longest side to 224 bicubic, zero pad, normalise."""
-    tensor = TF.to_tensor(image.convert("RGB"))
+    """The official transform as torchvision ops: ToTensor, longest side to 224 bicubic, zero pad, normalise
+    (after diffalign's RGB conversion, shared with training: alpha composited on white, not dropped)."""
+    tensor = TF.to_tensor(to_rgb(image))
     height, width = tensor.shape[-2:]
     scale = 224 / max(height, width)
     size = [round(height * scale), round(width * scale)]

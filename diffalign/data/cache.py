@@ -30,7 +30,7 @@ from typing import Any, Optional, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from diffalign.data.errors import DataError
+from diffalign.data.errors import DataError, disk_space_errors
 from diffalign.data.examples import ImageOptions
 from diffalign.data.registry import get_format
 from diffalign.data.images import decode_image, training_transform
@@ -156,10 +156,11 @@ def guess_format(table: Table) -> str:
 
 
 class _ShardWriter:
-    def __init__(self, folder: str, prefix: str, shard_size: int):
+    def __init__(self, folder: str, prefix: str, shard_size: int, expected_rows: Optional[int] = None):
         self.folder, self.prefix, self.shard_size = folder, prefix, shard_size
         self.pending: list[dict[str, torch.Tensor]] = []
         self.files: list[str] = []
+        self.expected_rows, self.written_rows = expected_rows, 0
 
     def add(self, rows: dict[str, torch.Tensor]) -> None:
         """Rows given as tensors with a leading row axis."""
@@ -175,9 +176,31 @@ class _ShardWriter:
         if not self.pending:
             return
         name = f"{self.prefix}-{len(self.files):05d}.safetensors"
-        save_file({key: torch.stack([row[key] for row in self.pending]) for key in self.pending[0]}, os.path.join(self.folder, name))
+        tensors = {key: torch.stack([row[key] for row in self.pending]) for key in self.pending[0]}
+        with _disk_errors(self.folder, lambda: self._needed_bytes(tensors)):
+            save_file(tensors, os.path.join(self.folder, name))
         self.files.append(name)
+        self.written_rows += len(self.pending)
         self.pending = []
+
+    def _needed_bytes(self, tensors: dict[str, torch.Tensor]) -> int:
+        """The folder so far plus this writer's rows from this shard on (at least this shard)."""
+        shard = sum(tensor.numel() * tensor.element_size() for tensor in tensors.values())
+        rows = max(len(self.pending), (self.expected_rows or 0) - self.written_rows)
+        return _folder_bytes(self.folder) + shard * rows // max(1, len(self.pending))
+
+
+def _disk_errors(temporary: str, needed):
+    """A full disk while writing the cache: one sentence naming the output folder, the free and needed
+    bytes, and the partial (temporary) folder removed, as it cannot be resumed."""
+    return disk_space_errors(temporary.rsplit(".tmp-", 1)[0], needed, "the latent cache",
+                             cleanup=lambda: shutil.rmtree(temporary, ignore_errors=True),
+                             hint="free some space or choose another --output")
+
+
+def _folder_bytes(folder: str) -> int:
+    """The disk space the folder's files take (allocated blocks, not just their lengths)."""
+    return sum(max(entry.stat().st_size, entry.stat().st_blocks * 512) for entry in os.scandir(folder) if entry.is_file())
 
 
 def build_cache(model, data: str, output: str, *, data_format: str, encoders: dict[str, str], model_name: str,
@@ -192,7 +215,8 @@ def build_cache(model, data: str, output: str, *, data_format: str, encoders: di
     if fmt.modality != "diffusion":
         raise DataError(f"the {data_format} format holds text for LMs; a latent cache is for diffusion formats")
     table = read_table(data, split)
-    options = ImageOptions(resolution=resolution, random_flip=False, skip_bad_rows=skip_bad_rows, max_rows=max_rows)
+    options = ImageOptions(resolution=resolution, random_flip=False, skip_bad_rows=skip_bad_rows, max_rows=max_rows,
+                           progress=progress)
     dataset, _ = fmt.build(table, options)
     examples = dataset.examples
 
@@ -205,7 +229,7 @@ def build_cache(model, data: str, output: str, *, data_format: str, encoders: di
             references.setdefault((example.index, column), len(references))
     prompts = [""] + sorted({p for e in examples for p in [e.prompt, *e.extras.get("negative_prompts", [])]} - {""})
 
-    image_writer = _ShardWriter(temporary, "latents", shard_size)
+    image_writer = _ShardWriter(temporary, "latents", shard_size, expected_rows=len(references))
     keys = list(references)
     for start in tqdm(range(0, len(keys), batch_size), desc="encoding images", unit="batch", disable=not progress):
         batch = keys[start : start + batch_size]
@@ -221,13 +245,13 @@ def build_cache(model, data: str, output: str, *, data_format: str, encoders: di
         image_writer.add(rows)
     image_writer.flush()
 
-    text_writer = _ShardWriter(temporary, "text", shard_size)
+    text_writer = _ShardWriter(temporary, "text", shard_size, expected_rows=len(prompts))
     with torch.no_grad():
         for start in tqdm(range(0, len(prompts), batch_size), desc="encoding prompts", unit="batch", disable=not progress):
             text_writer.add(model.encode_prompts(prompts[start : start + batch_size]).tensors())
     text_writer.flush()
 
-    with open(os.path.join(temporary, ROWS_FILE), "w") as handle:
+    with _disk_errors(temporary, lambda: _folder_bytes(temporary)), open(os.path.join(temporary, ROWS_FILE), "w") as handle:
         for example in examples:
             record = {key: _plain(value) for key, value in table.row(example.index).items()}
             for column in example.images.values():
@@ -251,7 +275,7 @@ def build_cache(model, data: str, output: str, *, data_format: str, encoders: di
         "prompts": prompts,
         "text_shards": text_writer.files,
     }
-    with open(os.path.join(temporary, CACHE_FILE), "w") as handle:
+    with _disk_errors(temporary, lambda: _folder_bytes(temporary)), open(os.path.join(temporary, CACHE_FILE), "w") as handle:
         json.dump(info, handle, indent=1)
     if os.path.exists(output):
         shutil.rmtree(output)

@@ -17,6 +17,7 @@ draws the same flips as the images. ``collate_examples`` stacks items into a bat
 from __future__ import annotations
 
 import math
+import os
 import random
 from abc import abstractmethod
 from dataclasses import dataclass, field
@@ -27,9 +28,12 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from diffalign.data.errors import DataError, SkipReport
-from diffalign.data.images import decode_image, training_transform
+from diffalign.data.images import check_image, decode_image, training_transform
 from diffalign.data.registry import DataFormat
 from diffalign.data.tables import Table
+
+LISTED_BAD_ROWS = 10  # bad rows an error lists (all are counted)
+PROGRESS_DELAY_S = 2.0  # the image check shows a progress bar only once it has taken this long
 
 PLURAL_KEYS = {"prompt": "prompts", "user": "users", "chosen_score": "chosen_scores", "rejected_score": "rejected_scores"}
 
@@ -54,6 +58,7 @@ class ImageOptions:
     random_flip: bool = True
     skip_bad_rows: bool = False
     max_rows: Optional[int] = None
+    progress: bool = True  # a progress bar for the up-front image check when it takes more than a moment
 
 
 class ImageExamples(Dataset):
@@ -95,18 +100,45 @@ class ImageExamples(Dataset):
         options = self.options
         return {f"{role}_pixels": training_transform(image, options.resolution, rng, options.center_crop, options.random_flip)}
 
-    def check_images(self) -> None:
-        """Decode every image once (``--skip-bad-rows``) and drop, counting them, the examples with an unreadable one."""
-        kept = []
-        for example in tqdm(self.examples, desc="checking images", leave=False):
-            record, where = self.table.row(example.index), self.table.where(example.index)
-            try:
+    def check_images(self, limit: Optional[int] = None) -> None:
+        """Check every image of every example before any work is done (``check_image``: the file exists
+        and PIL's ``verify()`` passes; with ``skip_bad_rows`` each image is decoded fully instead).
+
+        Without ``skip_bad_rows`` all bad rows are collected and one ``DataError`` lists the first
+        ``LISTED_BAD_ROWS`` (row, field, reason) and counts them all; with it they are dropped and
+        counted as "unreadable images" in ``skipped``. With a ``limit`` only the rows that will be used
+        are checked: the first ``limit`` examples, or with ``skip_bad_rows`` until ``limit`` are kept."""
+        kept, bad = [], []
+        decode = self.options.skip_bad_rows
+        examples = self.examples if decode or limit is None else self.examples[:limit]
+        images = sum(len(example.images) for example in (examples if limit is None else examples[:limit]))
+        main_process = os.environ.get("LOCAL_RANK", "0") == "0"
+        with tqdm(total=images, desc="checking images", unit="image", leave=False, delay=PROGRESS_DELAY_S,
+                  disable=not (self.options.progress and main_process)) as progress:
+            for example in examples:
+                if limit is not None and len(kept) >= limit:
+                    break
+                record, where = self.table.row(example.index), self.table.where(example.index)
+                errors = []
                 for column in example.images.values():
-                    decode_image(record[column], f"{where}, field {column!r}", self.table.base_dir)
-            except DataError as error:
-                self.skipped.add("undecodable images", str(error))
-                continue
-            kept.append(example)
+                    try:
+                        check_image(record[column], f"{where}, field {column!r}", self.table.base_dir, decode=decode)
+                    except DataError as error:
+                        errors.append(str(error))
+                progress.update(len(example.images))
+                if not errors:
+                    kept.append(example)
+                elif decode:
+                    self.skipped.add("unreadable images", "; ".join(errors))
+                else:
+                    bad.append(errors)
+        if bad:
+            prefix = f"{self.table.name}: "
+            listed = "; ".join("; ".join(error.removeprefix(prefix) for error in errors) for errors in bad[:LISTED_BAD_ROWS])
+            rows = f"{len(bad)} rows have" if len(bad) > 1 else "1 row has"
+            first = f"first {LISTED_BAD_ROWS}: " if len(bad) > LISTED_BAD_ROWS else ""
+            raise DataError(f"{self.table.name}: {rows} unreadable images ({first}{listed}); "
+                            f"fix them or pass --skip-bad-rows to skip and count them")
         self.examples = kept
 
 
@@ -167,10 +199,11 @@ def resolve_examples(table: Table, resolve: Callable[[int], Optional[Example]], 
 
 
 def finish_examples(table: Table, examples: list[Example], options: ImageOptions, skipped: SkipReport) -> ImageExamples:
-    """The dataset of ``examples``: images checked up front with ``skip_bad_rows``, cut to ``max_rows``."""
+    """The dataset of ``examples``, cut to ``max_rows``, every image checked up front (``check_images``;
+    not for a latent cache, whose images were checked when it was built)."""
     dataset = ImageExamples(table, examples, options, skipped)
-    if options.skip_bad_rows and table.encoded is None:
-        dataset.check_images()
+    if table.encoded is None:
+        dataset.check_images(options.max_rows)
     if options.max_rows is not None:
         dataset.examples = dataset.examples[: options.max_rows]
     if not dataset.examples:

@@ -101,6 +101,8 @@ def load_hf_dataset(data: str, split: str):
                 loaded = loaded[split]
             return loaded
         if os.path.isfile(data) and data.endswith(".parquet"):
+            if parquet_rows(data) == 0:
+                raise DataError(f"{data}: the data has no rows (an empty parquet file)")
             return datasets.load_dataset("parquet", data_files=data, split="train")
         if os.path.exists(data):
             return datasets.load_dataset(data, split=split)
@@ -110,4 +112,16 @@ def load_hf_dataset(data: str, split: str):
     except DataError:
         raise
     except Exception as error:
+        if any("BatchSize must be greater than 0" in str(link) for link in (error, error.__cause__, error.__context__)):
+            raise DataError(f"{data}: the data has no rows (empty parquet files or split {split!r})") from error
         raise DataError(f"could not load data {data!r}: {type(error).__name__}: {error}") from error
+
+
+def parquet_rows(path: str) -> int:
+    """The row count in a parquet file's footer (nothing else is read)."""
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.ParquetFile(path).metadata.num_rows
+    except Exception as error:
+        raise DataError(f"{path}: not a readable parquet file ({type(error).__name__}: {error})") from error

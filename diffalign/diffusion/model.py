@@ -75,10 +75,24 @@ def read_model_index(model: str, revision: Optional[str] = None) -> dict:
     if os.path.exists(model) or model.startswith((".", "/")) or model.count("/") != 1:
         raise ModelLoadError(f"model {model!r} is neither a local diffusers pipeline folder nor a hub id (owner/name)")
     from diffusers import DiffusionPipeline
+    from huggingface_hub import constants, try_to_load_from_cache
 
+    missing = f"model {model!r} is not in the local hub cache and"
+    fix = f"download it first (hf download {model}) or pass a local folder"
+    offline = constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
+    try:
+        cached = isinstance(try_to_load_from_cache(model, "model_index.json", revision=revision), str)
+    except Exception:  # not a valid repo id: load_config says so below
+        cached = True
+    if offline and not cached:
+        raise ModelLoadError(f"{missing} HF_HUB_OFFLINE is set: {fix}")
     try:
         return dict(DiffusionPipeline.load_config(model, revision=revision))
     except Exception as error:  # hub unreachable, repo missing, gated, ...
+        chain = [error, error.__cause__, error.__context__]
+        if any(type(link).__name__ in ("LocalEntryNotFoundError", "OfflineModeIsEnabled") for link in chain):
+            reason = "HF_HUB_OFFLINE is set" if offline else "the hub cannot be reached"
+            raise ModelLoadError(f"{missing} {reason}: {fix}") from error
         raise ModelLoadError(f"could not load model {model!r} from the hub: {error}") from error
 
 

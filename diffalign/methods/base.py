@@ -29,11 +29,17 @@ import torch
 
 from diffalign.data.registry import registered_formats
 from diffalign.objectives import ObjectiveOutput
+from diffalign.options import validate_fields
 
 
 @dataclass
 class MethodConfig:
-    """Base class of method configs: hyperparameters specific to one method."""
+    """Base class of method configs: hyperparameters specific to one method. Declare each field with
+    ``diffalign.options.option`` (help line and valid values); ``__post_init__`` checks them, and a
+    subclass with cross-field rules calls ``super().__post_init__()`` first."""
+
+    def __post_init__(self):
+        validate_fields(self)
 
 
 class Method(ABC):

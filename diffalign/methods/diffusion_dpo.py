@@ -17,12 +17,17 @@ from dataclasses import dataclass
 from diffalign.methods.base import MethodConfig, register_method
 from diffalign.methods.denoising import PairwiseDenoisingMethod, reference_metrics
 from diffalign.objectives import dpo_loss
+from diffalign.options import option
+
+
+CAPTION_DROPOUT_HELP = "probability of replacing a pair's caption by the empty one (classifier-free guidance)"
 
 
 @dataclass
 class DiffusionDPOConfig(MethodConfig):
-    beta: float = 5000.0
-    caption_dropout: float = 0.2
+    beta: float = option("DPO temperature on the denoising-error margin (official: 5000; the paper's SD1.5 runs 2000)",
+                         default=5000.0, gt=0)
+    caption_dropout: float = option(CAPTION_DROPOUT_HELP, default=0.2, ge=0, le=1)
 
 
 @register_method

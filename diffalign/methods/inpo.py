@@ -36,7 +36,8 @@ import torch
 
 from diffalign.diffusion.inversion import ddim_invert, inversion_grid
 from diffalign.methods.base import MethodConfig, register_method
-from diffalign.methods.diffusion_dpo import DiffusionDPO
+from diffalign.methods.diffusion_dpo import CAPTION_DROPOUT_HELP, DiffusionDPO
+from diffalign.options import option
 
 FAMILY_BETA = {"sd": 2000.0, "sdxl": 5000.0}
 """beta of the official SmPO / InPO launchers per model family (spec §4.4, §5.3, Q4)."""
@@ -48,20 +49,20 @@ INVERTERS = ("policy", "reference")
 class InversionDPOConfig(MethodConfig):
     """Shared by InPO and SmPO. ``beta`` / ``inversion_steps`` None: the official value for the family."""
 
-    beta: Optional[float] = None
-    caption_dropout: float = 0.2
-    inversion_steps: Optional[int] = None
-    invert_with: str = "policy"
-    exact_t: bool = False
-
-    def __post_init__(self):
-        if self.invert_with not in INVERTERS:
-            raise ValueError(f"invert_with must be one of {INVERTERS}, got {self.invert_with!r}")
+    beta: Optional[float] = option("DPO temperature (default: the official value for the model family, 2000 SD1.x / "
+                                   "5000 SDXL)", default=None, gt=0)
+    caption_dropout: float = option(CAPTION_DROPOUT_HELP, default=0.2, ge=0, le=1)
+    inversion_steps: Optional[int] = option("DDIM inversion grid size N, at most the model's training timesteps "
+                                            "(default: the official value for the method and family)", default=None, ge=2)
+    invert_with: str = option("network that inverts the images (no grad)", default="policy", choices=INVERTERS)
+    exact_t: bool = option("land the inversion exactly on the sampled t (the official code stops at the grid level "
+                           "L(t) != t)", default=False)
 
 
 @dataclass
 class InPOConfig(InversionDPOConfig):
-    eta: float = 0.1
+    eta: float = option("noise scale added after each inversion step, in units of the DDIM posterior std "
+                        "(0: deterministic inversion)", default=0.1, ge=0)
 
 
 class InversionDPO(DiffusionDPO):

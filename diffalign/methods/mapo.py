@@ -16,15 +16,19 @@ from dataclasses import dataclass
 from diffalign.diffusion import DENOISING_LOGP_SCALE
 from diffalign.methods.base import MethodConfig, register_method
 from diffalign.methods.denoising import PairwiseDenoisingMethod
+from diffalign.methods.diffusion_dpo import CAPTION_DROPOUT_HELP
 from diffalign.objectives import mapo_loss
+from diffalign.options import option
 
 
 @dataclass
 class MaPOConfig(MethodConfig):
-    beta: float = 0.1
-    margin_scale: float = 1000.0
-    snr: float = 0.5
-    caption_dropout: float = 0.0
+    beta: float = option("weight (lambda) of the margin term against the chosen-image MSE (0: SFT on the chosen image)",
+                         default=0.1, ge=0)
+    margin_scale: float = option("multiplier of the phi margin inside log sigmoid (official: 1000 = T)", default=1000.0,
+                                 gt=0)
+    snr: float = option("s of the link phi(m) = s m / (exp(s m) - 1)", default=0.5, gt=0)
+    caption_dropout: float = option(CAPTION_DROPOUT_HELP, default=0.0, ge=0, le=1)
 
 
 @register_method

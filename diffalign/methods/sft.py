@@ -14,12 +14,14 @@ from diffalign.diffusion import DENOISING_LOGP_SCALE, denoising_logps
 from diffalign.diffusion.noising import sample_noise, sample_timesteps
 from diffalign.methods.base import MethodConfig, register_method
 from diffalign.methods.denoising import DenoisingMethod
+from diffalign.methods.diffusion_dpo import CAPTION_DROPOUT_HELP
 from diffalign.objectives import sft_loss
+from diffalign.options import option
 
 
 @dataclass
 class SFTConfig(MethodConfig):
-    caption_dropout: float = 0.2
+    caption_dropout: float = option(CAPTION_DROPOUT_HELP, default=0.2, ge=0, le=1)
 
 
 @register_method

@@ -42,15 +42,23 @@ import torch
 from diffalign.methods.base import register_method
 from diffalign.methods.inpo import InversionDPO, InversionDPOConfig
 from diffalign.objectives.smoothing import PICKSCORE_MAX, PICKSCORE_MIN, SMPO_GAMMA, order_by_score, smoothed_preference_weight
+from diffalign.options import OptionError, option
 
 SCORE_KEYS = ("chosen_scores", "rejected_scores")
 
 
 @dataclass
 class SmPOConfig(InversionDPOConfig):
-    gamma: float = SMPO_GAMMA
-    score_min: float = PICKSCORE_MIN
-    score_max: float = PICKSCORE_MAX
+    gamma: float = option("scale of the smoothed weight kappa = gamma (2p - 1)", default=SMPO_GAMMA, gt=0)
+    score_min: float = option("reward score that normalises to 0, below --score-max (the default is the raw PickScore "
+                              "cosines' minimum; set both to your scorer's range)", default=PICKSCORE_MIN)
+    score_max: float = option("reward score that normalises to 1, above --score-min (the default is the raw PickScore "
+                              "cosines' maximum)", default=PICKSCORE_MAX)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not self.score_max > self.score_min:
+            raise OptionError("score_max", f"must be greater than --score-min ({self.score_min!r}), got {self.score_max!r}")
 
 
 @register_method

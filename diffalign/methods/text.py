@@ -21,17 +21,43 @@ text-lipo      LiPO-lambda on ranked lists               beta 0.1 (the paper's v
 from __future__ import annotations
 
 from abc import abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass, fields
 from typing import Any, Optional
 
 import torch
 
 from diffalign.methods.base import Method, MethodConfig, register_method
 from diffalign.objectives import (
-    ObjectiveOutput, PAIRWISE_LOSSES, combine_losses, kto_ref_point, lipo_lambda_loss, odds_ratio_loss, pairwise_loss,
-    sft_loss, unpaired_loss, unpaired_step_metrics,
+    ObjectiveOutput, PAIRWISE_LOSSES, UNPAIRED_LOSSES, combine_losses, kto_ref_point, lipo_lambda_loss, odds_ratio_loss,
+    pairwise_loss, sft_loss, unpaired_loss, unpaired_step_metrics,
 )
+from diffalign.objectives.pairwise import F_DIVERGENCES
+from diffalign.options import OptionError, option
 from diffalign.text.logprobs import SequenceLogps
+
+DPO_LOSS_TYPES = tuple(name for name, spec in PAIRWISE_LOSSES.items() if spec.reference != "forbidden") + ("sft",)
+"""``text-dpo`` loss terms: the pairwise losses that can use a reference, and ``sft``."""
+LABEL_SMOOTHED = tuple(name for name, spec in PAIRWISE_LOSSES.items() if spec.label_smoothing and name in DPO_LOSS_TYPES)
+F_DIVERGENCE_LOSSES = tuple(name for name, spec in PAIRWISE_LOSSES.items() if spec.f_divergence)
+CPO_LOSS_TYPES = ("sigmoid", "hinge", "ipo")
+
+
+def _beta(help: str = "temperature beta of the preference term", default: float = 0.1):
+    return option(help, default=default, gt=0)
+
+
+def _max_length():
+    return option("truncate each prompt + completion row to this many tokens (TRL max_length)", default=1024, ge=2)
+
+
+def _label_smoothing(used_by: str):
+    return option(f"label smoothing eps, the probability that a preference is flipped (used by {used_by})",
+                  default=0.0, ge=0, lt=0.5)
+
+
+def _dpo_loss_type(*default: str):
+    return option("loss terms, summed with --loss-weights (TRL DPOConfig loss_type; sft: token-mean NLL of chosen)",
+                  default_factory=lambda: list(default), choices=DPO_LOSS_TYPES)
 
 
 def _reference(model, batch: dict[str, Any], prefix: str = "") -> torch.Tensor:
@@ -50,16 +76,47 @@ def _with_token_metrics(output: ObjectiveOutput, batch: dict[str, Any]) -> Objec
     return output
 
 
+_LOSS_WEIGHTS_HELP = "weight of each loss term, one per --loss-type (default: all 1.0, as TRL)"
+
+
 @dataclass
 class TextDPOConfig(MethodConfig):
-    beta: float = 0.1
-    loss_type: list[str] = field(default_factory=lambda: ["sigmoid"])
-    loss_weights: Optional[list[float]] = None  # one per loss_type, default all 1.0 (TRL)
-    label_smoothing: float = 0.0
-    f_divergence: str = "reverse_kl"
-    f_alpha: float = 0.5
-    discopop_tau: float = 0.05
-    max_length: int = 1024
+    beta: float = _beta("temperature beta (tau for ipo)")
+    loss_type: list[str] = _dpo_loss_type("sigmoid")
+    loss_weights: Optional[list[float]] = option(_LOSS_WEIGHTS_HELP, default=None, ge=0)
+    label_smoothing: float = _label_smoothing(", ".join(LABEL_SMOOTHED) + "; exo_pair needs it > 0")
+    f_divergence: str = option("f-DPO divergence of the log-ratios (TRL f_divergence_type; other than reverse_kl: "
+                               f"only with {', '.join(F_DIVERGENCE_LOSSES)})", default="reverse_kl", choices=F_DIVERGENCES)
+    f_alpha: float = option("alpha of alpha_divergence (TRL f_alpha_divergence_coef)", default=0.5, gt=0, le=1)
+    discopop_tau: float = option("temperature of discopop's log-ratio modulation (TRL discopop_tau)", default=0.05, gt=0)
+    max_length: int = _max_length()
+
+    def __post_init__(self):
+        super().__post_init__()
+        losses = self.loss_type
+        if len(set(losses)) != len(losses):
+            raise OptionError("loss_type", f"must not repeat a loss, got {' '.join(losses)}")
+        weights = self.loss_weights
+        if weights is not None:
+            if len(weights) != len(losses):
+                raise OptionError("loss_weights", f"needs one weight per --loss-type ({len(losses)}), got {len(weights)}")
+            if not any(weights):
+                raise OptionError("loss_weights", "must not all be 0 (nothing would be trained)")
+        if self.label_smoothing and not set(losses) & set(LABEL_SMOOTHED):
+            raise OptionError("label_smoothing", f"is only used by loss types {', '.join(LABEL_SMOOTHED)} "
+                                                 f"(label-smoothed DPO is cdpo), not by {' '.join(losses)}")
+        if "exo_pair" in losses and not self.label_smoothing:
+            raise OptionError("label_smoothing", "must be > 0 with exo_pair (1e-3 recommended), got 0.0")
+        unsupported = [name for name in losses if name != "sft" and name not in F_DIVERGENCE_LOSSES]
+        if self.f_divergence != "reverse_kl" and (unsupported or losses == ["sft"]):
+            unsupported = unsupported or ["sft"]
+            raise OptionError("f_divergence", f"{self.f_divergence} is only supported by loss types "
+                                              f"{', '.join(F_DIVERGENCE_LOSSES)}, not by {' '.join(unsupported)}")
+        defaults = {field.name: field.default for field in fields(TextDPOConfig)}
+        if self.f_alpha != defaults["f_alpha"] and self.f_divergence != "alpha_divergence":
+            raise OptionError("f_alpha", "is only used with --f-divergence alpha_divergence")
+        if self.discopop_tau != defaults["discopop_tau"] and "discopop" not in losses:
+            raise OptionError("discopop_tau", "is only used with --loss-type discopop")
 
 
 @register_method
@@ -110,7 +167,7 @@ class TextDPO(Method):
 
 @dataclass
 class TextIPOConfig(TextDPOConfig):
-    loss_type: list[str] = field(default_factory=lambda: ["ipo"])
+    loss_type: list[str] = _dpo_loss_type("ipo")
 
 
 @register_method
@@ -124,8 +181,9 @@ class TextIPO(TextDPO):
 
 @dataclass
 class TextRPOConfig(TextDPOConfig):
-    loss_type: list[str] = field(default_factory=lambda: ["sigmoid", "sft"])
-    loss_weights: Optional[list[float]] = field(default_factory=lambda: [1.0, 1.0])
+    loss_type: list[str] = _dpo_loss_type("sigmoid", "sft")
+    loss_weights: Optional[list[float]] = option(_LOSS_WEIGHTS_HELP + "; the sft weight is RPO's alpha",
+                                                 default_factory=lambda: [1.0, 1.0], ge=0)
 
 
 @register_method
@@ -140,11 +198,11 @@ class TextRPO(TextDPO):
 
 @dataclass
 class TextSimPOConfig(MethodConfig):
-    beta: float = 2.0
-    gamma: float = 1.0  # target margin; SimPO repo gamma_beta_ratio 0.5 x beta 2.0
-    label_smoothing: float = 0.0
-    sft_weight: float = 0.0  # SimPO repo sft_weight (token-mean chosen NLL)
-    max_length: int = 1024
+    beta: float = _beta("temperature beta of the length-normalised margin (SimPO repo: 2.0)", default=2.0)
+    gamma: float = option("target reward margin (SimPO repo: gamma_beta_ratio 0.5 x beta 2.0)", default=1.0, ge=0)
+    label_smoothing: float = _label_smoothing("the SimPO loss")
+    sft_weight: float = option("weight of the token-mean NLL of chosen (SimPO repo sft_weight)", default=0.0, ge=0)
+    max_length: int = _max_length()
 
 
 class _ReferenceFreePairs(Method):
@@ -189,11 +247,17 @@ class TextSimPO(_ReferenceFreePairs):
 
 @dataclass
 class TextCPOConfig(MethodConfig):
-    beta: float = 0.1
-    loss_type: str = "sigmoid"  # sigmoid | hinge | ipo (TRL CPOConfig; simpo is text-simpo)
-    label_smoothing: float = 0.0
-    cpo_alpha: float = 1.0
-    max_length: int = 1024
+    beta: float = _beta()
+    loss_type: str = option("preference loss (TRL CPOConfig; simpo is text-simpo)", default="sigmoid",
+                            choices=CPO_LOSS_TYPES)
+    label_smoothing: float = _label_smoothing("sigmoid")
+    cpo_alpha: float = option("weight of the token-mean NLL of chosen (TRL cpo_alpha)", default=1.0, ge=0)
+    max_length: int = _max_length()
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.label_smoothing and self.loss_type != "sigmoid":
+            raise OptionError("label_smoothing", f"is only used by --loss-type sigmoid, not {self.loss_type}")
 
 
 @register_method
@@ -221,8 +285,8 @@ class TextCPO(_ReferenceFreePairs):
 
 @dataclass
 class TextORPOConfig(MethodConfig):
-    beta: float = 0.1  # lambda
-    max_length: int = 1024
+    beta: float = _beta("weight lambda of the odds-ratio term (TRL ORPOConfig beta)")
+    max_length: int = _max_length()
 
 
 @register_method
@@ -254,11 +318,11 @@ class TextORPO(Method):
 
 @dataclass
 class TextKTOConfig(MethodConfig):
-    beta: float = 0.1
-    loss_type: str = "kto"  # kto | apo_zero_unpaired
-    desirable_weight: float = 1.0
-    undesirable_weight: float = 1.0
-    max_length: int = 1024
+    beta: float = _beta()
+    loss_type: str = option("unpaired loss (TRL KTOConfig)", default="kto", choices=UNPAIRED_LOSSES)
+    desirable_weight: float = option("weight of the desirable examples' losses (TRL)", default=1.0, gt=0)
+    undesirable_weight: float = option("weight of the undesirable examples' losses (TRL)", default=1.0, gt=0)
+    max_length: int = _max_length()
 
 
 @register_method
@@ -303,8 +367,8 @@ def _all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class TextLiPOConfig(MethodConfig):
-    beta: float = 0.1
-    max_length: int = 1024
+    beta: float = _beta("temperature beta of the listwise scores")
+    max_length: int = _max_length()
 
 
 @register_method

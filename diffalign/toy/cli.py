@@ -83,7 +83,8 @@ def add_demo_command(subparsers) -> None:
     demo.add_argument("--threads", type=int, default=defaults.threads, help="torch threads (0: torch's default)")
     demo.add_argument("--method-arg", action="append", type=_key_value, default=[], metavar="KEY=VALUE",
                       help="a method option, e.g. --method-arg beta=2500 (repeatable)")
-    demo.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    demo.add_argument("--no-progress-bar", "--no-progress", dest="no_progress", action="store_true",
+                      help="hide the progress bars")
     demo.set_defaults(func=run_demo_command)
 
 

@@ -197,6 +197,7 @@ def align(config: DemoConfig, base: str, data: Path, output: Path) -> dict:
         model=base,
         data=str(data),
         output_dir=str(output / "model"),
+        overwrite=True,  # the demo's own folder: a second demo into the same --output-dir replaces its model
         method_args=method_args,
         resolution=world.RESOLUTION,
         random_flip=False,  # a flip turns "on the left" into "on the right"
@@ -316,7 +317,13 @@ Time: {e['seconds']:.1f} s in all ({', '.join(f'{k} {v:.1f} s' for k, v in e['st
 def run_demo(config: DemoConfig) -> dict:
     """Run the five steps and write the report; returns ``report.json``'s content."""
     import diffalign  # noqa: F401  (torchvision CPU shim)
+    from diffalign.training.progress import library_progress_bars
 
+    with library_progress_bars(config.progress):
+        return _run_demo(config)
+
+
+def _run_demo(config: DemoConfig) -> dict:
     check_method(config.method)
     check_eval_split(config.eval_split)
     if config.threads:

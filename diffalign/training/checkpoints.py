@@ -4,6 +4,10 @@
 finished does the main process add ``trainer_state.json`` and rename the folder to
 ``checkpoints/step-N`` (a single atomic rename on POSIX). ``latest`` is the highest complete
 ``step-N``; leftover temporary folders are ignored and removed.
+
+``trainer_state.json`` holds the step and the run's identity (``diffalign.training.run_folder.run_identity``:
+the settings a resume must share), which ``run_folder`` compares before resuming; which checkpoint a
+run resumes from, and what it may do with its output folder, is decided there.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ import os
 import re
 import shutil
 from typing import Optional
+
+from diffalign.data.errors import disk_space_errors
 
 CHECKPOINT_PATTERN = re.compile(r"^step-(\d+)$")
 STATE_FILE = "trainer_state.json"
@@ -36,18 +42,6 @@ def list_checkpoints(output_dir: str) -> list[tuple[int, str]]:
     return sorted(found)
 
 
-def resolve_resume(output_dir: str, resume_from: Optional[str]) -> Optional[str]:
-    """The checkpoint folder to resume from: ``latest`` (None if there is none yet) or a path."""
-    if not resume_from:
-        return None
-    if resume_from == "latest":
-        found = list_checkpoints(output_dir)
-        return found[-1][1] if found else None
-    if not os.path.isfile(os.path.join(resume_from, STATE_FILE)):
-        raise FileNotFoundError(f"--resume-from {resume_from}: not a complete diffalign checkpoint (no {STATE_FILE})")
-    return resume_from
-
-
 def read_state(checkpoint: str) -> dict:
     with open(os.path.join(checkpoint, STATE_FILE)) as handle:
         return json.load(handle)
@@ -62,16 +56,33 @@ def save_checkpoint(accelerator, output_dir: str, step: int, state: dict, total_
         os.makedirs(folder, exist_ok=True)
         shutil.rmtree(temporary, ignore_errors=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(temporary)
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        _write_json_durably(os.path.join(temporary, STATE_FILE), state)
-        if os.path.exists(final):
-            shutil.rmtree(final)
-        os.replace(temporary, final)
-        _prune(output_dir, total_limit)
+    # a full disk: one sentence naming the folder, free and needed bytes; the partial checkpoint removed
+    with disk_space_errors(folder, lambda: _state_bytes(accelerator), f"the step {step} checkpoint",
+                           cleanup=lambda: shutil.rmtree(temporary, ignore_errors=True),
+                           hint="free some space, lower --checkpoints-total-limit or choose another --output-dir"):
+        accelerator.save_state(temporary)
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            _write_json_durably(os.path.join(temporary, STATE_FILE), state)
+            if os.path.exists(final):
+                shutil.rmtree(final)
+            os.replace(temporary, final)
+            _prune(output_dir, total_limit)
     accelerator.wait_for_everyone()
     return final
+
+
+def _state_bytes(accelerator) -> int:
+    """About the bytes of ``accelerator.save_state``: the prepared models' state dicts and optimizer states."""
+    import torch
+
+    total = 0
+    for model in getattr(accelerator, "_models", []):
+        total += sum(t.numel() * t.element_size() for t in model.state_dict().values() if torch.is_tensor(t))
+    for optimizer in getattr(accelerator, "_optimizers", []):
+        for state in optimizer.state_dict().get("state", {}).values():
+            total += sum(t.numel() * t.element_size() for t in state.values() if torch.is_tensor(t))
+    return total
 
 
 def _write_json_durably(path: str, payload: dict) -> None:

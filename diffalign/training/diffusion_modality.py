@@ -45,5 +45,5 @@ class DiffusionModality(Modality):
         table = self.cache.table() if self.cache is not None else read_table(config.data, config.data_split)
         options = ImageOptions(resolution=model.resolution, seed=config.seed, center_crop=config.center_crop,
                                random_flip=config.random_flip, skip_bad_rows=config.skip_bad_rows,
-                               max_rows=config.max_train_samples)
+                               max_rows=config.max_train_samples, progress=config.progress_bar)
         return get_format(method.data_format).build(table, options)

@@ -35,10 +35,12 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from diffalign.data.errors import disk_space_errors
 from diffalign.methods.base import get_method_class
-from diffalign.training.checkpoints import read_state, resolve_resume, save_checkpoint
+from diffalign.training.checkpoints import save_checkpoint
 from diffalign.training.config import TrainConfig
 from diffalign.training.metrics_log import MetricsLog
+from diffalign.training.run_folder import closing_run_folders, open_run_folder
 from diffalign.training.diffusion_modality import DiffusionModality
 from diffalign.training.text_modality import TextModality
 from diffalign.training.threads import configure_threads
@@ -70,7 +72,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
     Writes ``<output_dir>/metrics.jsonl``, ``checkpoints/step-N``, ``run_config.json``,
     ``data_report.json`` and the export (see the modality's ``export``).
     """
-    with library_progress_bars(config.progress_bar):
+    with library_progress_bars(config.progress_bar), closing_run_folders():  # the output folder's lock released
         return _train(config)
 
 
@@ -89,6 +91,8 @@ def _train(config: TrainConfig) -> dict[str, Any]:
     set_seed(config.seed)
     threads = configure_threads(config.num_threads, int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes)))
     started = time.time()
+    # the output folder, the resume checkpoint and its settings checked (and the folder locked) before any work
+    run = open_run_folder(config, method.config, accelerator)
 
     model = modality.load_model(config, needs_reference=method.needs_reference)
     model.place(accelerator.device, MIXED_PRECISION_DTYPES[config.mixed_precision])
@@ -103,18 +107,13 @@ def _train(config: TrainConfig) -> dict[str, Any]:
     accelerator.register_for_checkpointing(lr_scheduler)
     model.set_trainable_module(prepared)
 
-    start_step = 0
-    checkpoint = resolve_resume(config.output_dir, config.resume_from)
-    if checkpoint is not None:
-        accelerator.load_state(checkpoint)
-        start_step = read_state(checkpoint)["step"]
-        accelerator.print(f"resumed from {checkpoint} at step {start_step}")
-    elif config.resume_from == "latest":
-        accelerator.print("no checkpoint in the output folder yet: starting a new run")
+    start_step = run.start_step
+    if run.checkpoint is not None:
+        accelerator.load_state(run.checkpoint)
+        accelerator.print(f"resumed from {run.checkpoint} at step {start_step}")
 
     if accelerator.is_main_process:
-        os.makedirs(config.output_dir, exist_ok=True)
-        _write_run_files(config, method, accelerator, dataset, skipped, learning_rate)
+        _write_run_files(config, method, accelerator, dataset, skipped, learning_rate, run)
         if skipped is not None and skipped.total:
             print(f"data: {skipped.summary()}")
     metrics_log = MetricsLog(config.output_dir, start_step) if accelerator.is_main_process else None
@@ -133,6 +132,7 @@ def _train(config: TrainConfig) -> dict[str, Any]:
                     disable=not (config.progress_bar and accelerator.is_local_main_process))
     record: dict[str, Any] = {}
     for step in range(start_step, config.max_steps):
+        run.check_launcher(accelerator, f"before step {step + 1}")  # an orphaned worker stops
         totals: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         for micro_step in range(accumulation):
             batch = next(batches)
@@ -162,20 +162,24 @@ def _train(config: TrainConfig) -> dict[str, Any]:
         progress.update(1)
         progress.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
         if (step + 1) % config.checkpointing_steps == 0 or step + 1 == config.max_steps:
-            save_checkpoint(accelerator, config.output_dir, step + 1, {"step": step + 1},
+            save_checkpoint(accelerator, config.output_dir, step + 1, {"step": step + 1, "identity": run.identity},
                             config.checkpoints_total_limit)
     progress.close()
 
+    run.check_launcher(accelerator, "before the export")
     unwrapped = accelerator.unwrap_model(prepared)
     checksums = accelerator.gather(_parameter_checksum(unwrapped).reshape(1)).tolist()
     if accelerator.is_main_process:
-        model.export(config.output_dir, unwrapped)
+        with disk_space_errors(config.output_dir, lambda: _float32_bytes(unwrapped), "the trained model",
+                               hint="free some space or choose another --output-dir"):
+            model.export(config.output_dir, unwrapped)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     summary = {
         "method": config.method,
         "steps": config.max_steps,
         "resumed_from_step": start_step,
+        "trained_steps": config.max_steps - start_step,
         "world_size": accelerator.num_processes,
         "torch_threads": threads,
         "parameter_checksums": checksums,
@@ -184,8 +188,10 @@ def _train(config: TrainConfig) -> dict[str, Any]:
         "output_dir": config.output_dir,
     }
     if accelerator.is_main_process:
+        summary["files"] = run.summary_files()  # what the run wrote here (--overwrite may remove them)
         with open(os.path.join(config.output_dir, "train_summary.json"), "w") as handle:
             json.dump(summary, handle, indent=2)
+    run.close()
     return summary
 
 
@@ -237,6 +243,12 @@ def reduce_metrics(totals: dict[str, tuple[torch.Tensor, torch.Tensor]], acceler
     return {name: total / count for name, (total, count) in zip(names, stacked.tolist()) if count > 0}
 
 
+def _float32_bytes(module: torch.nn.Module) -> int:
+    """About the bytes of the export: the trained parameters in float32 (LoRA: the adapters only)."""
+    trained = [p for p in module.parameters() if p.requires_grad] or list(module.parameters())
+    return sum(p.numel() * 4 for p in trained)
+
+
 def _parameter_checksum(module: torch.nn.Module) -> torch.Tensor:
     """Sum of all trainable parameters in float64: equal on every process iff they stayed in sync."""
     total = torch.zeros((), dtype=torch.float64, device=next(module.parameters()).device)
@@ -252,15 +264,17 @@ def _flat_config(config: TrainConfig) -> dict:
     return {key: (value if isinstance(value, (int, float, str, bool)) else str(value)) for key, value in flat.items()}
 
 
-def _write_run_files(config, method, accelerator, dataset, skipped, learning_rate) -> None:
+def _write_run_files(config, method, accelerator, dataset, skipped, learning_rate, folder) -> None:
     run = {
         "train_config": dataclasses.asdict(config),
         "method_config": dataclasses.asdict(method.config),
         "world_size": accelerator.num_processes,
         "effective_learning_rate": learning_rate,
         "effective_batch_size": config.train_batch_size * config.gradient_accumulation_steps * accelerator.num_processes,
+        "resumed_from": folder.resumed_from,  # None for a new run; each resume writes its own file, none is overwritten
+        "identity": folder.identity,
     }
-    with open(os.path.join(config.output_dir, "run_config.json"), "w") as handle:
+    with open(os.path.join(config.output_dir, folder.run_config_name), "w") as handle:
         json.dump(run, handle, indent=2, default=str)
     report = {"rows": len(dataset), "skipped": skipped.counts if skipped is not None else {},
               "skipped_first_examples": skipped.examples if skipped is not None else {}}

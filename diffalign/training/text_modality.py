@@ -3,6 +3,8 @@ and the TRL-format text data formats."""
 
 from __future__ import annotations
 
+import os
+
 from diffalign.data import TextOptions, get_format
 from diffalign.data.errors import DataError
 from diffalign.data.tables import read_table
@@ -36,11 +38,28 @@ class TextModality(Modality):
             raise DataError("no model given: pass --model PATH_OR_HUB_ID (a causal LM folder)")
         if config.attention not in ATTENTION:
             raise ValueError(f"--attention {config.attention!r} is not available for text models; use sdpa or native")
+        from huggingface_hub import constants, try_to_load_from_cache
+
+        missing = f"model {config.model!r} is not in the local hub cache and"
+        fix = f"download it first (hf download {config.model}) or pass a local folder"
+        offline = constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
+        hub_id = config.model.count("/") <= 1 and not config.model.startswith((".", "/")) and not os.path.exists(config.model)
+        if offline and hub_id:
+            try:
+                cached = isinstance(try_to_load_from_cache(config.model, "config.json", revision=config.revision), str)
+            except Exception:  # not a valid repo id: from_pretrained says so below
+                cached = True
+            if not cached:
+                raise ModelLoadError(f"{missing} HF_HUB_OFFLINE is set: {fix}")
         try:
             policy = AutoModelForCausalLM.from_pretrained(config.model, revision=config.revision,
                                                           attn_implementation=ATTENTION[config.attention])
             tokenizer = load_tokenizer(config.model, config.revision)
         except (OSError, ValueError) as error:
+            chain = [error, error.__cause__, error.__context__]
+            if any(type(link).__name__ in ("LocalEntryNotFoundError", "OfflineModeIsEnabled") for link in chain):
+                reason = "HF_HUB_OFFLINE is set" if offline else "the hub cannot be reached"
+                raise ModelLoadError(f"{missing} {reason}: {fix}") from error
             raise ModelLoadError(f"could not load the causal LM {config.model!r}: {error}") from error
         if config.gradient_checkpointing:
             policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
