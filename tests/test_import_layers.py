@@ -31,6 +31,7 @@ LAYERS: dict[str, int] = {
     "diffalign.errors": 0,
     "diffalign._compat": 0,
     "diffalign.options": 0,
+    "diffalign.hub": 1,
     "diffalign": 0,  # the package __init__ only
     "diffalign.objectives": 1,
     "diffalign.diffusion": 2,

@@ -271,10 +271,8 @@ def test_choices_match_what_the_code_accepts():
 
     from diffalign.diffusion.attention import ATTENTION_BACKENDS
     from diffalign.training import config, optim
-    from diffalign.training.diffusion_modality import REFERENCE_MODES
 
     assert config.ATTENTION_BACKENDS == ATTENTION_BACKENDS
     assert config.OPTIMIZERS == optim.OPTIMIZERS
-    assert config.REFERENCE_MODES == REFERENCE_MODES
     assert set(config.LR_SCHEDULERS) <= {kind.value for kind in SchedulerType}
     assert set(config.REPORT_TO) <= {kind.value for kind in LoggerType}

@@ -32,6 +32,7 @@ from diffalign.diffusion.attention import set_attention_backend
 from diffalign.diffusion.conditioning import Conditioning, encode_sd_prompts, encode_sdxl_prompts
 from diffalign.diffusion.noising import add_noise, epsilon_from_velocity, velocity
 from diffalign.errors import ModelLoadError
+from diffalign.hub import hub_unavailable_as_error, require_cached_when_offline
 
 FAMILIES = {"StableDiffusionPipeline": "sd", "StableDiffusionXLPipeline": "sdxl"}
 IMAGE_ROLES = ("chosen", "rejected", "image")
@@ -75,25 +76,33 @@ def read_model_index(model: str, revision: Optional[str] = None) -> dict:
     if os.path.exists(model) or model.startswith((".", "/")) or model.count("/") != 1:
         raise ModelLoadError(f"model {model!r} is neither a local diffusers pipeline folder nor a hub id (owner/name)")
     from diffusers import DiffusionPipeline
-    from huggingface_hub import constants, try_to_load_from_cache
 
-    missing = f"model {model!r} is not in the local hub cache and"
-    fix = f"download it first (hf download {model}) or pass a local folder"
-    offline = constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
+    require_cached_when_offline(model, "model_index.json", revision)
     try:
-        cached = isinstance(try_to_load_from_cache(model, "model_index.json", revision=revision), str)
-    except Exception:  # not a valid repo id: load_config says so below
-        cached = True
-    if offline and not cached:
-        raise ModelLoadError(f"{missing} HF_HUB_OFFLINE is set: {fix}")
-    try:
-        return dict(DiffusionPipeline.load_config(model, revision=revision))
-    except Exception as error:  # hub unreachable, repo missing, gated, ...
-        chain = [error, error.__cause__, error.__context__]
-        if any(type(link).__name__ in ("LocalEntryNotFoundError", "OfflineModeIsEnabled") for link in chain):
-            reason = "HF_HUB_OFFLINE is set" if offline else "the hub cannot be reached"
-            raise ModelLoadError(f"{missing} {reason}: {fix}") from error
+        with hub_unavailable_as_error(model):
+            return dict(DiffusionPipeline.load_config(model, revision=revision))
+    except ModelLoadError:
+        raise
+    except Exception as error:  # repo missing, gated, ...
         raise ModelLoadError(f"could not load model {model!r} from the hub: {error}") from error
+
+
+def default_resolution(model: str, revision: Optional[str] = None) -> int:
+    """The model's own training resolution: UNet sample size x the VAE's downsampling factor (read
+    from the two configs, nothing loaded): 512 for SD1.5, 1024 for SDXL."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    read_model_index(model, revision)
+    try:
+        unet = UNet2DConditionModel.load_config(model, subfolder="unet", revision=revision)
+        vae = AutoencoderKL.load_config(model, subfolder="vae", revision=revision)
+    except Exception as error:
+        raise ModelLoadError(f"could not read the unet/ and vae/ configs of {model!r}: {error}") from error
+    return resolution_of(unet, vae)
+
+
+def resolution_of(unet_config, vae_config) -> int:
+    return unet_config["sample_size"] * 2 ** (len(vae_config["block_out_channels"]) - 1)
 
 
 class DiffusionModel:
@@ -172,8 +181,7 @@ class DiffusionModel:
             except Exception as error:
                 raise ModelLoadError(f"could not read vae/config.json of {model!r}: {error}") from error
         if resolution is None:
-            vae_blocks = len((vae.config if vae is not None else vae_config)["block_out_channels"])
-            resolution = unet.config.sample_size * 2 ** (vae_blocks - 1)
+            resolution = resolution_of(unet.config, vae.config if vae is not None else vae_config)
         noise_scheduler = load(DDPMScheduler, "scheduler")
         inference_scheduler = load(getattr(diffusers, index["scheduler"][1]), "scheduler")
 

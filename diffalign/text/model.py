@@ -6,7 +6,7 @@ The reference is one of (DESIGN.md §4, TRL 1.16 §7.4):
 - ``adapters``: with LoRA, the same module with its adapters disabled (the base model; no second
   copy in memory), as TRL does for a new ``peft_config``;
 - precomputed: reference scores read from the data (``ref_chosen_logps`` / ``ref_rejected_logps``);
-  the reference model is then dropped (``drop_reference``).
+  the model is then built with ``reference=None`` and no reference is loaded.
 
 Reference forwards run under ``torch.no_grad``. Dropout is disabled in policy and reference (TRL's
 ``disable_dropout=True`` default), so the policy at step 0 equals the reference exactly.
@@ -76,11 +76,6 @@ class TextModel:
     @property
     def has_reference(self) -> bool:
         return self.reference_kind is not None
-
-    def drop_reference(self) -> None:
-        """Reference scores come from the data: free the reference copy."""
-        self.reference_model = None
-        self.reference_kind = None
 
     def policy_logps(self, input_ids, attention_mask, loss_mask) -> SequenceLogps:
         return sequence_logps(self.policy, input_ids, attention_mask, loss_mask)

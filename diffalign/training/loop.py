@@ -94,9 +94,9 @@ def _train(config: TrainConfig) -> dict[str, Any]:
     # the output folder, the resume checkpoint and its settings checked (and the folder locked) before any work
     run = open_run_folder(config, method.config, accelerator)
 
+    dataset, collate = modality.build_dataset(config, method)
     model = modality.load_model(config, needs_reference=method.needs_reference)
     model.place(accelerator.device, MIXED_PRECISION_DTYPES[config.mixed_precision])
-    dataset, collate = modality.build_dataset(config, method, model)
     skipped = getattr(dataset, "skipped", None)
 
     learning_rate = effective_learning_rate(config, accelerator.num_processes)

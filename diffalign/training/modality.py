@@ -39,14 +39,17 @@ class ModelAdapter(Protocol):
 
 
 class Modality(ABC):
+    """Called in this order: ``build_dataset`` (the data is read and checked before any model loads),
+    then ``load_model``."""
+
     name: str
 
     @abstractmethod
-    def load_model(self, config: TrainConfig, needs_reference: bool) -> ModelAdapter: ...
+    def build_dataset(self, config: TrainConfig, method) -> tuple[Dataset, Callable[[list[Any]], Any]]:
+        """The dataset of ``method.data_format`` examples at ``config.data`` and its collate function."""
 
     @abstractmethod
-    def build_dataset(self, config: TrainConfig, method, model: ModelAdapter) -> tuple[Dataset, Callable[[list[Any]], Any]]:
-        """The dataset of ``method.data_format`` examples at ``config.data`` and its collate function."""
+    def load_model(self, config: TrainConfig, needs_reference: bool) -> ModelAdapter: ...
 
 
 def reference_mode(config: TrainConfig, needs_reference: bool, lora: bool) -> Optional[str]:
