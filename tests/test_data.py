@@ -99,8 +99,8 @@ def test_jsonl_paths_are_relative_to_the_file(tmp_path, pair_jsonl):
 
 
 @pytest.mark.parametrize("record, message", [
-    ({"prompt": "p", "chosen": "a.png"}, "record 1: missing field 'rejected'"),
-    ({"chosen": "a.png", "rejected": "b.png"}, "record 1, field 'prompt': expected a string"),
+    ({"prompt": "p", "chosen": "a.png"}, "line 1: missing field 'rejected'"),
+    ({"chosen": "a.png", "rejected": "b.png"}, "line 1, field 'prompt': expected a string"),
 ])
 def test_jsonl_missing_fields(tmp_path, record, message):
     path = tmp_path / "bad.jsonl"
@@ -112,7 +112,7 @@ def test_jsonl_missing_fields(tmp_path, record, message):
 def test_jsonl_missing_image_file(tmp_path):
     path = tmp_path / "pairs.jsonl"
     path.write_text(json.dumps({"prompt": "p", "chosen": "nope.png", "rejected": "nope2.png"}) + "\n")
-    with pytest.raises(DataError, match="record 1, field 'chosen': image file not found"):
+    with pytest.raises(DataError, match="line 1, field 'chosen': image file not found"):
         load(str(path))[0]
 
 
@@ -133,3 +133,12 @@ def test_augmentations_are_reproducible_per_epoch(pair_jsonl):
         assert torch.equal(first, dataset[0]["chosen_pixels"])
         flips.append(first)
     assert any(not torch.equal(flips[0], other) for other in flips[1:])
+
+
+def test_jsonl_errors_give_the_line_number_and_datasets_the_row_index(tmp_path, saved_pickapic):
+    path = tmp_path / "pairs.jsonl"
+    path.write_text('{"prompt": "p", "chosen": "a.png", "rejected": "b.png"}\n\n\n{"prompt": "q", "chosen": "a.png"}\n')
+    with pytest.raises(DataError, match=r"pairs.jsonl: line 4: missing field 'rejected'"):
+        load(str(path))
+    with pytest.raises(DataError, match=r"pickapic: row 1, field 'label_0'"):
+        load(saved_pickapic(pickapic([1.0, 0.7])))

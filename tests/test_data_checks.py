@@ -70,11 +70,11 @@ def test_all_bad_rows_are_one_error_before_training(tiny_model_dir, bad_pairs, t
     output = tmp_path / "out"
     assert main(train_argv(tiny_model_dir("sd"), bad_pairs, output)) == 2
     (line,) = error_lines(capsys.readouterr().err)
-    assert line.startswith(f"diffalign train: error: {bad_pairs}: 12 rows have unreadable images (first 10: record 1, "
+    assert line.startswith(f"diffalign train: error: {bad_pairs}: 12 rows have unreadable images (first 10: line 1, "
                            f"field 'chosen': image file not found: ")
-    assert "record 2, field 'rejected': cannot decode image (UnidentifiedImageError: cannot identify image file" in line
-    assert "record 3, field 'chosen': cannot decode image (" in line  # the truncated PNG fails verify()
-    assert line.count("; record ") == 9 and "record 10, " in line and "record 11, " not in line
+    assert "line 2, field 'rejected': cannot decode image (UnidentifiedImageError: cannot identify image file" in line
+    assert "line 3, field 'chosen': cannot decode image (" in line  # the truncated PNG fails verify()
+    assert line.count("; line ") == 9 and "line 10, " in line and "line 11, " not in line
     assert line.endswith("); fix them or pass --skip-bad-rows to skip and count them")
     assert not (output / "metrics.jsonl").exists()  # not a single step ran
 
@@ -85,7 +85,7 @@ def test_one_bad_row(tmp_path):
     path = write_jsonl(tmp_path / "pairs.jsonl", records)
     with pytest.raises(DataError) as info:
         get_format("image_pairs").build(read_table(path), ImageOptions(resolution=32))
-    assert str(info.value) == (f"{path}: 1 row has unreadable images (record 2, field 'rejected': image file not found: "
+    assert str(info.value) == (f"{path}: 1 row has unreadable images (line 2, field 'rejected': image file not found: "
                                f"{tmp_path / 'img' / 'nope.png'}); fix them or pass --skip-bad-rows to skip and count them")
 
 
@@ -108,7 +108,7 @@ def test_skip_bad_rows_also_finds_what_verify_cannot(tmp_path):
     assert len(dataset) == 3  # verify() reads JPEG headers only
     dataset, _ = get_format("image_pairs").build(table, ImageOptions(resolution=32, skip_bad_rows=True))
     assert len(dataset) == 2 and dataset.skipped.counts == {"unreadable images": 1}
-    assert "record 3, field 'rejected': cannot decode image (OSError: image file is truncated" in dataset.skipped.summary()
+    assert "line 3, field 'rejected': cannot decode image (OSError: image file is truncated" in dataset.skipped.summary()
 
 
 def test_max_train_samples_checks_only_the_rows_used(tmp_path):
@@ -139,7 +139,7 @@ def test_a_worker_error_is_the_same_one_line(tiny_model_dir, tmp_path, capfd):
     truncated_jpeg(tmp_path / "img" / "cut.jpg")  # passes the up-front check, fails when decoded
     records[2]["rejected"] = "img/cut.jpg"
     path = write_jsonl(tmp_path / "pairs.jsonl", records)
-    expected = (f"diffalign train: error: {path}: record 3, field 'rejected': cannot decode image "
+    expected = (f"diffalign train: error: {path}: line 3, field 'rejected': cannot decode image "
                 f"(OSError: image file is truncated")
     for workers in ("0", "2"):
         argv = train_argv(tiny_model_dir("sd"), path, tmp_path / f"out{workers}", "--max-steps", "4",
@@ -158,12 +158,12 @@ def test_torch_worker_exception_text_keeps_the_original_message():
         try:
             raise OSError("image file is truncated")
         except OSError as cause:
-            raise DataError("d.jsonl: record 3, field 'rejected': cannot decode image (OSError: truncated)") from cause
+            raise DataError("d.jsonl: line 3, field 'rejected': cannot decode image (OSError: truncated)") from cause
     except DataError:
         wrapper = ExceptionWrapper(where="in DataLoader worker process 1")
     with pytest.raises(DataError) as info:
         wrapper.reraise()
-    assert str(info.value) == "d.jsonl: record 3, field 'rejected': cannot decode image (OSError: truncated)"
+    assert str(info.value) == "d.jsonl: line 3, field 'rejected': cannot decode image (OSError: truncated)"
     assert original_message("plain message") == "plain message"
 
 
@@ -317,3 +317,15 @@ def test_a_real_full_disk(tiny_model_dir, pair_jsonl, tmp_path):
     (line,) = error_lines(result.stderr)
     assert line.startswith(f"diffalign train: error: no space left on the disk while writing the step 1 checkpoint to "
                            f"{small / 'out' / 'checkpoints'}: ")
+
+
+def test_images_far_smaller_than_the_resolution_are_named(tmp_path, caplog):
+    path = write_jsonl(tmp_path / "pairs.jsonl", write_pair_images(tmp_path, 3, size=32))
+    with caplog.at_level("WARNING", logger="diffalign.data.examples"):
+        get_format("image_pairs").build(read_table(path), ImageOptions(resolution=64, progress=False))
+    assert caplog.messages == []
+    with caplog.at_level("WARNING", logger="diffalign.data.examples"):
+        get_format("image_pairs").build(read_table(path), ImageOptions(resolution=512, progress=False))
+    (message,) = caplog.messages
+    assert "far smaller than the training resolution (median shorter side 32 px, --resolution 512)" in message
+    assert "upscaled 16.0x" in message

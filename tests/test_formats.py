@@ -51,7 +51,7 @@ def test_prompts_with_seed_images(tmp_path, model):
     assert batch["image_pixels"].shape == (2, 3, 64, 64)
     assert model.encode_batch(batch, torch.Generator().manual_seed(0))["image_latents"].shape == (2, 4, 8, 8)
     mixed = write_jsonl(tmp_path / "mixed.jsonl", [records[0], {"prompt": "no image"}])
-    with pytest.raises(DataError, match=r"record 2: either every row has an 'image' or none has \(.*record 1 has an 'image'\)"):
+    with pytest.raises(DataError, match=r"line 2: either every row has an 'image' or none has \(.*line 1 has an 'image'\)"):
         build(mixed, "prompts")
     with pytest.raises(DataError, match="needs a 'prompt' field"):
         build(write_jsonl(tmp_path / "caption.jsonl", [{"caption": "x"}]), "prompts")
@@ -68,7 +68,7 @@ def test_captioned_images_encode_their_negative_prompts(tmp_path, model):
     expected = model.encode_prompts(["a blue circle", "a red square"]).prompt_embeds
     torch.testing.assert_close(inputs["negative_cond"].prompt_embeds, expected)
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"image": "x.png", "prompt": "p", "negative_prompts": "not a list"}])
-    with pytest.raises(DataError, match=r"record 1, field 'negative_prompts': expected a list of non-empty strings"):
+    with pytest.raises(DataError, match=r"line 1, field 'negative_prompts': expected a list of non-empty strings"):
         build(bad, "captioned_images")
 
 
@@ -86,7 +86,7 @@ def test_user_image_pairs_from_pickapic_and_jsonl(tmp_path):
     assert batch["users"] == ["7", "7"] and batch["chosen_pixels"].shape == (2, 3, 32, 32)
     records = write_pair_images(tmp_path, 2)
     records[0]["user"] = "alice"
-    with pytest.raises(DataError, match=r"record 2, field 'user': expected a user id"):
+    with pytest.raises(DataError, match=r"line 2, field 'user': expected a user id"):
         build(write_jsonl(tmp_path / "u.jsonl", records), "user_image_pairs")
     table.remove_columns("user_id").to_parquet(str(tmp_path / "nouser.parquet"))
     with pytest.raises(DataError, match=r"missing column\(s\) 'user_id'"):

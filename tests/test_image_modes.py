@@ -11,7 +11,7 @@ from PIL import Image
 from diffalign.data import DataError
 from diffalign.data.images import decode_image, to_rgb
 
-WHERE = "data.jsonl: record 1, field 'chosen'"
+WHERE = "data.jsonl: line 1, field 'chosen'"
 
 
 def saved(image: Image.Image, fmt: str) -> bytes:

@@ -106,11 +106,11 @@ def test_implicit_prompt_unpairing_and_ranked(tokenizer):
 
 def test_bad_rows_name_row_and_field_or_are_counted(tokenizer):
     rows = [{"prompt": "a", "chosen": "b", "rejected": "c"}, {"prompt": "a", "chosen": "b"}, {"prompt": 3, "chosen": "b", "rejected": "c"}]
-    with pytest.raises(DataError, match=r"record 2: missing field 'rejected'"):
+    with pytest.raises(DataError, match=r"row 1: missing field 'rejected'"):
         build_text_dataset(rows, "text_pairs", tokenizer, 1024, False)
     dataset = build_text_dataset(rows, "text_pairs", tokenizer, 1024, True)
     assert len(dataset) == 1 and dataset.skipped.counts == {"bad rows": 2}
-    with pytest.raises(DataError, match=r"record 1: field 'label'"):
+    with pytest.raises(DataError, match=r"row 0: field 'label'"):
         build_text_dataset([{"prompt": "a", "completion": "b", "label": "yes"}], "text_unpaired", tokenizer, 1024, False)
     long_prompt = build_text_dataset([rows[0], {"prompt": "the sky is blue " * 10, "chosen": "b", "rejected": "c"}],
                                      "text_pairs", tokenizer, 8, False)

@@ -39,6 +39,8 @@ from diffalign.data.tables import Table, read_table
 CACHE_FILE = "cache.json"
 ROWS_FILE = "rows.jsonl"
 CACHE_VERSION = 1
+SOURCE_ROW = "diffalign_source_row"
+"""Key of each cached row's origin ("pairs.jsonl: line 7"), which errors about the row name."""
 IMAGE_REFERENCE = "diffalign_cache_image"
 """Key of the ``{IMAGE_REFERENCE: n}`` value that replaces an image field in the cached rows."""
 
@@ -92,7 +94,9 @@ class LatentCache:
         self.texts = _Shards(folder, self.info["text_shards"], self.info["shard_size"])
 
     def table(self) -> Table:
-        return Table(self.folder, self.rows, None, encoded=self)
+        """The cached rows; errors name the cache and the source row a cached row came from."""
+        rows = [{key: value for key, value in row.items() if key != SOURCE_ROW} for row in self.rows]
+        return Table(self.folder, rows, None, encoded=self, locations=[f"from {row[SOURCE_ROW]}" for row in self.rows])
 
     def latents(self, value: Any, flip: bool, where: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(mean, std) of the image referenced by ``value``, mirrored if ``flip``."""
@@ -256,6 +260,7 @@ def build_cache(model, data: str, output: str, *, data_format: str, encoders: di
             record = {key: _plain(value) for key, value in table.row(example.index).items()}
             for column in example.images.values():
                 record[column] = {IMAGE_REFERENCE: references[(example.index, column)]}
+            record[SOURCE_ROW] = table.where(example.index)
             handle.write(json.dumps({key: value for key, value in record.items() if value is not _DROP}) + "\n")
     info = {
         "version": CACHE_VERSION,

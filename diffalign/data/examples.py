@@ -16,6 +16,7 @@ draws the same flips as the images. ``collate_examples`` stacks items into a bat
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import random
@@ -34,6 +35,10 @@ from diffalign.data.tables import Table
 
 LISTED_BAD_ROWS = 10  # bad rows an error lists (all are counted)
 PROGRESS_DELAY_S = 2.0  # the image check shows a progress bar only once it has taken this long
+
+UPSCALE_WARNING = 2
+"""Warn when the median image's shorter side is less than 1/UPSCALE_WARNING of the training resolution."""
+logger = logging.getLogger(__name__)
 
 PLURAL_KEYS = {"prompt": "prompts", "user": "users", "chosen_score": "chosen_scores", "rejected_score": "rejected_scores"}
 
@@ -108,7 +113,7 @@ class ImageExamples(Dataset):
         ``LISTED_BAD_ROWS`` (row, field, reason) and counts them all; with it they are dropped and
         counted as "unreadable images" in ``skipped``. With a ``limit`` only the rows that will be used
         are checked: the first ``limit`` examples, or with ``skip_bad_rows`` until ``limit`` are kept."""
-        kept, bad = [], []
+        kept, bad, shorter_sides = [], [], []
         decode = self.options.skip_bad_rows
         examples = self.examples if decode or limit is None else self.examples[:limit]
         images = sum(len(example.images) for example in (examples if limit is None else examples[:limit]))
@@ -122,7 +127,8 @@ class ImageExamples(Dataset):
                 errors = []
                 for column in example.images.values():
                     try:
-                        check_image(record[column], f"{where}, field {column!r}", self.table.base_dir, decode=decode)
+                        size = check_image(record[column], f"{where}, field {column!r}", self.table.base_dir, decode=decode)
+                        shorter_sides.append(min(size))
                     except DataError as error:
                         errors.append(str(error))
                 progress.update(len(example.images))
@@ -140,6 +146,18 @@ class ImageExamples(Dataset):
             raise DataError(f"{self.table.name}: {rows} unreadable images ({first}{listed}); "
                             f"fix them or pass --skip-bad-rows to skip and count them")
         self.examples = kept
+        self._warn_if_upscaled(shorter_sides)
+
+    def _warn_if_upscaled(self, shorter_sides: list[int]) -> None:
+        """Images far smaller than the training resolution are upscaled into blur: say so (once)."""
+        if not shorter_sides:
+            return
+        median = sorted(shorter_sides)[len(shorter_sides) // 2]
+        resolution = self.options.resolution
+        if median * UPSCALE_WARNING < resolution and os.environ.get("LOCAL_RANK", "0") == "0":
+            logger.warning(f"{self.table.name}: the images are far smaller than the training resolution (median shorter "
+                           f"side {median} px, --resolution {resolution}): they are upscaled {resolution / median:.1f}x; "
+                           f"pass --resolution to train nearer their size")
 
 
 class ImageFormat(DataFormat):

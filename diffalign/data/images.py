@@ -55,17 +55,19 @@ def decode_image(value: Any, where: str, base_dir: str | None = None) -> Image.I
         raise DataError(f"{where}: cannot decode image ({type(error).__name__}: {error})") from error
 
 
-def check_image(value: Any, where: str, base_dir: str | None = None, decode: bool = False) -> None:
-    """Raise ``DataError`` naming ``where`` unless ``value`` is a readable image: the file exists, PIL
-    identifies it and ``verify()`` passes (no pixels decoded); ``decode=True`` decodes it fully instead."""
+def check_image(value: Any, where: str, base_dir: str | None = None, decode: bool = False) -> tuple[int, int]:
+    """The (width, height) of ``value``; raise ``DataError`` naming ``where`` unless it is a readable image:
+    the file exists, PIL identifies it and ``verify()`` passes (no pixels decoded); ``decode=True``
+    decodes it fully instead."""
     if decode:
-        decode_image(value, where, base_dir)
-        return
+        return decode_image(value, where, base_dir).size
     if isinstance(value, Image.Image):
-        return
+        return value.size
     try:
         with _open(value, where, base_dir) as image:
+            size = image.size
             image.verify()
+            return size
     except DataError:
         raise
     except FileNotFoundError as error:

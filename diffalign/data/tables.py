@@ -4,6 +4,10 @@ Sources: a jsonl file (one JSON object per line, blank lines skipped), a ``.txt`
 per line, read as ``{"prompt": line}`` rows), a parquet file, a ``datasets.save_to_disk`` folder (a
 ``DatasetDict`` picks ``split``), another local dataset folder, or a hub dataset id (owner/name).
 Relative image paths in a jsonl resolve against the file's folder.
+
+Errors name a row the way its source counts: ``line N`` of a jsonl or txt file (the line number an
+editor shows, blank lines included), ``row N`` of a dataset or list (its index, from 0, as
+``dataset[N]``). A latent cache names the source row each cached row came from.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ class Table:
     records: Any
     base_dir: Optional[str] = None
     encoded: Any = None
+    locations: Optional[list[str]] = None  # how errors name each row ("line 7"), when not "row <index>"
 
     def __len__(self) -> int:
         return len(self.records)
@@ -48,18 +53,18 @@ class Table:
         return self.records[name]
 
     def where(self, index: int) -> str:
-        """How errors name a row: file records count from 1 (blank lines skipped), dataset rows from 0."""
-        return f"{self.name}: record {index + 1}" if isinstance(self.records, list) else f"{self.name}: row {index}"
+        """How errors name a row: "<source>: line N" for files read by line, else "<source>: row <index>"."""
+        return f"{self.name}: {self.locations[index] if self.locations is not None else f'row {index}'}"
 
 
 def read_table(data: str, split: str = "train") -> Table:
     """The rows of ``data``; an empty source is an error (it has nothing to train on)."""
     if not data:
         raise DataError("no data given: pass --data PATH_OR_HUB_ID")
-    if os.path.isfile(data) and data.endswith((".jsonl", ".json")):
-        table = Table(data, read_jsonl(data), os.path.dirname(os.path.abspath(data)))
-    elif os.path.isfile(data) and data.endswith(".txt"):
-        table = Table(data, read_prompt_lines(data), os.path.dirname(os.path.abspath(data)))
+    if os.path.isfile(data) and data.endswith((".jsonl", ".json", ".txt")):
+        read = read_prompt_lines if data.endswith(".txt") else read_jsonl
+        records, lines = read(data)
+        table = Table(data, records, os.path.dirname(os.path.abspath(data)), locations=[f"line {n}" for n in lines])
     else:
         table = Table(data, load_hf_dataset(data, split), data if os.path.isdir(data) else None)
     if not len(table):
@@ -67,8 +72,9 @@ def read_table(data: str, split: str = "train") -> Table:
     return table
 
 
-def read_jsonl(path: str) -> list[dict]:
-    table = []
+def read_jsonl(path: str) -> tuple[list[dict], list[int]]:
+    """The JSON objects of the non-blank lines, and their line numbers."""
+    table, lines = [], []
     with open(path, encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):
             if not line.strip():
@@ -80,13 +86,15 @@ def read_jsonl(path: str) -> list[dict]:
             if not isinstance(record, dict):
                 raise DataError(f"{path}: line {number} is not a JSON object")
             table.append(record)
-    return table
+            lines.append(number)
+    return table, lines
 
 
-def read_prompt_lines(path: str) -> list[dict]:
-    """``{"prompt": line}`` for every non-blank line (surrounding white space removed)."""
+def read_prompt_lines(path: str) -> tuple[list[dict], list[int]]:
+    """``{"prompt": line}`` for every non-blank line (surrounding white space removed), and the line numbers."""
     with open(path, encoding="utf-8") as handle:
-        return [{"prompt": line.strip()} for line in handle if line.strip()]
+        numbered = [(number, line.strip()) for number, line in enumerate(handle, start=1) if line.strip()]
+    return [{"prompt": prompt} for _, prompt in numbered], [number for number, _ in numbered]
 
 
 def load_hf_dataset(data: str, split: str):
