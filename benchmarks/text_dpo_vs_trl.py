@@ -54,7 +54,7 @@ def _peak_memory_mb() -> float:
 def _run_diffalign(args) -> dict:
     import diffalign  # noqa: F401
     from diffalign.methods.base import register_method
-    from diffalign.methods.text import TextDPO
+    from diffalign.methods.text_dpo import TextDPO
     from diffalign.training.config import TrainConfig
     from diffalign.training.loop import train
 

@@ -10,7 +10,9 @@
 ``method_args``), and flags given on the command line override it. One parser (transformers'
 ``HfArgumentParser``) types flags and file values alike, and each option's declared valid values
 (``diffalign.options``) are checked before anything is loaded. User errors (unknown method, missing
-model or data, bad option) print one line and exit with code 2.
+model or data, bad option: every ``diffalign.errors.UserError``) print one line and exit with code 2;
+any other exception is a bug and shows its traceback. ``diffalign --debug COMMAND`` (or
+``DIFFALIGN_DEBUG=1``) shows the traceback of user errors too.
 """
 
 from __future__ import annotations
@@ -18,15 +20,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import sys
 import typing
 from typing import Any, Optional, Sequence
 
-USAGE_ERROR = 2
-
-
-class UsageError(Exception):
-    pass
+from diffalign.errors import USER_ERROR_EXIT_CODE, UsageError, report_user_errors
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -36,18 +33,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args, extra = parser.parse_known_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
-        return USAGE_ERROR
+        return USER_ERROR_EXIT_CODE
     if extra and args.command != "train":
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    try:
-        return args.func(args, extra) if args.command == "train" else args.func(args)
-    except UsageError as error:
-        print(f"diffalign {args.command}: error: {error}", file=sys.stderr)
-        return USAGE_ERROR
+    return report_user_errors(args.command, lambda: args.func(args, extra) if args.command == "train" else args.func(args),
+                              debug=args.debug)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="diffalign", description="Preference alignment for diffusion models and LMs.")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of user errors too (or set DIFFALIGN_DEBUG=1); "
+                        "errors that are bugs always show theirs")
     subparsers = parser.add_subparsers(dest="command")
     train_parser = subparsers.add_parser("train", help="train a model with a preference method", add_help=False)
     train_parser.set_defaults(func=run_train)
@@ -127,13 +123,11 @@ def run_cache(args) -> int:
 
     import torch
 
-    from diffalign.data import DataError, read_table
+    from diffalign.data import read_table
     from diffalign.data.cache import build_cache, guess_format
-    from diffalign.data.errors import DiskFullError
     from diffalign.diffusion.fingerprint import encoder_fingerprint
     from diffalign.diffusion.model import DiffusionModel
-    from diffalign.errors import ModelLoadError
-    from diffalign.methods.base import UnknownMethodError, get_method_class
+    from diffalign.methods.base import get_method_class
     from diffalign.training.progress import library_progress_bars
 
     started = time.time()
@@ -141,23 +135,20 @@ def run_cache(args) -> int:
         if args.num_threads < 1:
             raise UsageError(f"--num-threads must be >= 1, got {args.num_threads}")
         torch.set_num_threads(args.num_threads)
-    try:
-        data_format = args.format
-        if args.method:
-            data_format = get_method_class(args.method).data_format
-        if data_format is None:
-            data_format = guess_format(read_table(args.data, args.data_split))
-        with library_progress_bars(args.progress_bar):
-            model = DiffusionModel.from_pretrained(args.model, reference=None, resolution=args.resolution,
-                                                   revision=args.revision)
-            info = build_cache(
-                model, args.data, args.output, data_format=data_format, encoders=encoder_fingerprint(args.model, args.revision),
-                model_name=args.model, split=args.data_split, resolution=model.resolution, random_flip=args.random_flip,
-                batch_size=args.batch_size, shard_size=args.shard_size, max_rows=args.max_train_samples,
-                skip_bad_rows=args.skip_bad_rows, overwrite=args.overwrite, progress=args.progress_bar,
-            )
-    except (UnknownMethodError, ModelLoadError, DataError, DiskFullError, KeyError) as error:
-        raise UsageError(str(error).strip("'\"")) from error
+    data_format = args.format
+    if args.method:
+        data_format = get_method_class(args.method).data_format
+    if data_format is None:
+        data_format = guess_format(read_table(args.data, args.data_split))
+    with library_progress_bars(args.progress_bar):
+        model = DiffusionModel.from_pretrained(args.model, reference=None, resolution=args.resolution,
+                                               revision=args.revision)
+        info = build_cache(
+            model, args.data, args.output, data_format=data_format, encoders=encoder_fingerprint(args.model, args.revision),
+            model_name=args.model, split=args.data_split, resolution=model.resolution, random_flip=args.random_flip,
+            batch_size=args.batch_size, shard_size=args.shard_size, max_rows=args.max_train_samples,
+            skip_bad_rows=args.skip_bad_rows, overwrite=args.overwrite, progress=args.progress_bar,
+        )
     skipped = sum(info["source"]["skipped"].values())
     print(f"cached {info['source']['cached_rows']} rows of {args.data} as {data_format} ({info['images']} images, "
           f"{len(info['prompts'])} prompts, {skipped} rows skipped) at {info['resolution']} px in "
@@ -167,19 +158,9 @@ def run_cache(args) -> int:
 
 # --------------------------------------------------------------------------------------------- train
 def run_train(args, argv: Sequence[str]) -> int:
-    from diffalign.data import DataError
-    from diffalign.data.errors import DiskFullError
-    from diffalign.diffusion.attention import AttentionBackendError
-    from diffalign.errors import ModelLoadError
-    from diffalign.methods.base import UnknownMethodError
     from diffalign.training import train
 
-    try:
-        config = parse_train_config(argv)
-        summary = train(config)
-    except (UnknownMethodError, ModelLoadError, DataError, AttentionBackendError, DiskFullError, FileNotFoundError,
-            ValueError) as error:
-        raise UsageError(str(error)) from error
+    summary = train(parse_train_config(argv))
     from accelerate import PartialState
 
     if not PartialState().is_main_process:
@@ -200,7 +181,7 @@ def parse_train_config(argv: Sequence[str]):
     (``learning_rate: 1e-4`` -> ``--learning_rate=1e-4``) and parsed by that parser, so the file gets
     exactly the command line's types and errors; flags override the file. The configs' own
     ``__post_init__`` then check the ranges (``diffalign.options``). Every invalid value is an
-    ``OptionError`` (a ``ValueError``), naming the option (and the file for a value from it), raised
+    ``OptionError`` (a ``UserError``), naming the option (and the file for a value from it), raised
     before anything is loaded; ``--help`` prints every option and exits.
     """
     from diffalign.methods.base import get_method_class

@@ -32,10 +32,12 @@ import os
 import typing
 from typing import Any, Optional
 
+from diffalign.errors import UserError
+
 __all__ = ["OptionError", "option", "validate_fields", "allowed_values", "field_kind", "flag"]
 
 
-class OptionError(ValueError):
+class OptionError(UserError, ValueError):
     """An invalid option value, as one sentence: ``--max-steps must be >= 1, got 0``; from a config
     file, ``run.yaml: max_steps must be >= 1, got 0``.
 

@@ -87,14 +87,15 @@ def _merges_of(tokenizer) -> list:
     return json.loads(tokenizer.to_str())["model"]["merges"]
 
 
-def tiny_unet(family: Family = "sd", sample_size: int = 8, cross_attention_dim: int = 32, prediction_type_channels: int = 4, block_out_channels=(32, 64), pooled_dim: int = 32, attention_head_dim: int = 8):
-    """A tiny ``UNet2DConditionModel``; ``attention_head_dim`` is diffusers' legacy name for the number of heads."""
+def tiny_unet(family: Family = "sd", sample_size: int = 8, cross_attention_dim: int = 32, latent_channels: int = 4, block_out_channels=(32, 64), pooled_dim: int = 32, attention_head_dim: int = 8):
+    """A tiny ``UNet2DConditionModel``; ``latent_channels`` is its input and output channel count (the VAE's
+    latent channels); ``attention_head_dim`` is diffusers' legacy name for the number of heads."""
     from diffusers import UNet2DConditionModel
 
     kwargs = dict(
         sample_size=sample_size,
-        in_channels=prediction_type_channels,
-        out_channels=prediction_type_channels,
+        in_channels=latent_channels,
+        out_channels=latent_channels,
         layers_per_block=1,
         block_out_channels=tuple(block_out_channels),
         down_block_types=("CrossAttnDownBlock2D",) + ("DownBlock2D",) * (len(block_out_channels) - 1),

@@ -17,8 +17,8 @@ names a module whose import registers its scorers, e.g. in the plugin's ``pyproj
 so ``rewards`` never imports a higher package (DESIGN.md §2: the higher one registers itself).
 
 Helpers shared by the implementations: ``batched`` (fixed-size chunks with a tqdm bar),
-``resolve_device`` / ``resolve_dtype`` and the position-swap utilities ``mean_preference`` /
-``merge_orders`` used to cancel a pairwise judge's position bias.
+``resolve_device`` / ``resolve_dtype`` and ``compare_both_orders`` (with ``merge_orders`` /
+``mean_preference``), which judges every pair in both orders to cancel a judge's position bias.
 """
 
 from __future__ import annotations
@@ -31,6 +31,8 @@ from typing import Callable, ClassVar, Iterator, Sequence, TypeVar
 
 import torch
 from PIL import Image
+
+from diffalign.errors import UnknownNameError, UsageError
 
 T = TypeVar("T")
 
@@ -119,7 +121,7 @@ def get_scorer(name: str, **options) -> Scorer | PairwiseScorer:
     """Build the scorer registered as ``name`` with its options (checkpoint, device, ...)."""
     _load_builtin_scorers()
     if name not in _REGISTRY:
-        raise KeyError(
+        raise UnknownNameError(
             f"unknown scorer {name!r}; registered scorers: {', '.join(sorted(_REGISTRY)) or 'none'} (scorers of other packages "
             f"are found through the {ENTRY_POINT_GROUP!r} entry-point group: is the package that provides it installed?)"
         )
@@ -134,7 +136,7 @@ def batched(items: Sequence[T], batch_size: int, desc: str | None = None, progre
     from tqdm.auto import tqdm
 
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise UsageError(f"batch_size must be >= 1, got {batch_size}")
     with tqdm(total=len(items), desc=desc, unit="img", disable=not progress or len(items) <= batch_size, leave=False) as bar:
         for start in range(0, len(items), batch_size):
             chunk = items[start : start + batch_size]
@@ -160,7 +162,7 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype not in _DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(_DTYPES)}")
+        raise UsageError(f"unknown dtype {dtype!r}; choose one of {', '.join(_DTYPES)}")
     return _DTYPES[dtype]
 
 
@@ -186,7 +188,14 @@ def merge_orders(ab: PairwiseResult, ba: PairwiseResult) -> PairwiseResult:
 
 
 def compare_both_orders(
-    scorer: PairwiseScorer, images_a: Sequence[Image.Image], images_b: Sequence[Image.Image], prompts: Sequence[str]
-) -> PairwiseResult:
-    """Judge every pair as (A, B) and as (B, A) and merge the verdicts (``merge_orders``)."""
-    return merge_orders(scorer.compare(images_a, images_b, prompts), scorer.compare(images_b, images_a, prompts))
+    judge: PairwiseScorer | Callable[[Sequence[Image.Image], Sequence[Image.Image], Sequence[str]], PairwiseResult],
+    images_a: Sequence[Image.Image],
+    images_b: Sequence[Image.Image],
+    prompts: Sequence[str],
+    merge: Callable[[PairwiseResult, PairwiseResult], T] = merge_orders,
+) -> T:
+    """Judge every pair as (A, B) and as (B, A) and merge the two results with ``merge(ab, ba)``: by
+    default one verdict per pair (``merge_orders``). ``judge`` is a ``PairwiseScorer`` or a function
+    with the signature of its ``compare``. The one place that judges both orders against position bias."""
+    compare = judge.compare if isinstance(judge, PairwiseScorer) else judge
+    return merge(compare(images_a, images_b, prompts), compare(images_b, images_a, prompts))

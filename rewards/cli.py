@@ -1,7 +1,8 @@
 """``diffalign score`` and ``diffalign pairs``: argparse sub-commands wired in by ``diffalign/cli.py``.
 
 Both return 0 on success and 2, with a one-line message on stderr, for errors a user can cause
-(missing files, a bad checkpoint, an unknown scorer or option, an unreachable judge endpoint).
+(missing files, a bad checkpoint, an unknown scorer or option, an unreachable judge endpoint: every
+``diffalign.errors.UserError``); any other exception is a bug and propagates with its traceback.
 """
 
 from __future__ import annotations
@@ -14,15 +15,11 @@ import os
 import sys
 import time
 
+from diffalign.errors import UsageError, report_user_errors
 from diffalign.rewards.base import PairwiseScorer, Scorer, get_scorer, registered_scorers
-from diffalign.rewards.hpsv2 import CheckpointError
-from diffalign.rewards.http_judge import JudgeRequestError
-from diffalign.rewards.images import ImageLoadError
 from diffalign.rewards.pairs import PairStats, best_vs_worst, rank_and_sift, write_pairs
-from diffalign.rewards.records import ImageListing, RecordError, read_image_listing
+from diffalign.rewards.records import ImageListing, read_image_listing
 from diffalign.rewards.scoring import score_records
-
-USER_ERRORS = (CheckpointError, ImageLoadError, JudgeRequestError, RecordError, FileNotFoundError, KeyError, ValueError)
 
 # command-line flag -> scorer keyword (passed only when given)
 _SCORER_FLAGS = {
@@ -35,10 +32,6 @@ _SCORER_FLAGS = {
     "device": "torch device (default cuda if available)",
     "dtype": "float32 / float16 / bfloat16",
 }
-
-
-class UsageError(ValueError):
-    """A command-line combination that cannot work."""
 
 
 def _option_value(text: str):
@@ -110,23 +103,12 @@ def _fmt(value: float) -> str:
     return "nan" if math.isnan(value) else f"{value:.4f}"
 
 
-def _run_safely(handler, args) -> int:
-    try:
-        return handler(args)
-    except USER_ERRORS as error:
-        message = error.args[0] if isinstance(error, KeyError) and error.args else error
-        print(f"diffalign {args.command_name}: error: {message}", file=sys.stderr)
-        return 2
-
-
 def run_score(args: argparse.Namespace) -> int:
-    args.command_name = "score"
-    return _run_safely(_score, args)
+    return report_user_errors("score", lambda: _score(args), debug=getattr(args, "debug", False))
 
 
 def run_pairs(args: argparse.Namespace) -> int:
-    args.command_name = "pairs"
-    return _run_safely(_pairs, args)
+    return report_user_errors("pairs", lambda: _pairs(args), debug=getattr(args, "debug", False))
 
 
 def _report_prompts_without_images(args: argparse.Namespace, listing: ImageListing) -> None:

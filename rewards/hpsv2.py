@@ -23,8 +23,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from diffalign.data.images import to_rgb
+from diffalign.errors import UserError
 from diffalign.rewards.base import Scorer, batched, check_lengths, register_scorer, resolve_device, resolve_dtype
-from diffalign.rewards.images import to_rgb
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -33,7 +34,7 @@ HPS_HUB_REPO = "xswu/HPSv2"
 HPS_VERSIONS = {"v2.0": "HPS_v2_compressed.pt", "v2.1": "HPS_v2.1_compressed.pt"}
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint that is missing, unreadable or does not match the model architecture."""
 
 
@@ -67,8 +68,11 @@ def open_clip_config(architecture: str | dict[str, Any]) -> dict[str, Any]:
     if isinstance(architecture, dict):
         return architecture
     if architecture.endswith(".json"):
-        with open(architecture) as handle:
-            return json.load(handle)
+        try:
+            with open(architecture) as handle:
+                return json.load(handle)
+        except (OSError, json.JSONDecodeError) as error:
+            raise CheckpointError(f"cannot read open_clip config {architecture}: {getattr(error, 'strerror', None) or error}") from error
     config = open_clip.get_model_config(architecture)
     if config is None:
         raise CheckpointError(f"unknown open_clip architecture {architecture!r} (give a registered name or a .json config)")

@@ -14,6 +14,7 @@ only in the ``Authorization`` header and never appears in messages, errors or ``
 from __future__ import annotations
 
 import base64
+import inspect
 import io
 import json
 import os
@@ -25,14 +26,15 @@ from typing import Sequence
 
 from PIL import Image
 
-from diffalign.rewards.images import to_rgb
+from diffalign.data.images import to_rgb
+from diffalign.errors import UsageError, UserError
 
 JudgeRequest = tuple[Sequence[Image.Image], str]
 
 RETRY_STATUS = {429, 500, 502, 503, 504}
 
 
-class JudgeRequestError(RuntimeError):
+class JudgeRequestError(UserError, RuntimeError):
     """The endpoint refused a request or answered with something that is not a chat completion."""
 
 
@@ -76,7 +78,7 @@ class HTTPJudge:
     ):
         base_url = base_url or os.environ.get("DIFFALIGN_JUDGE_BASE_URL") or os.environ.get("OPENAI_BASE_URL")
         if not base_url:
-            raise ValueError("no judge endpoint: pass base_url or set DIFFALIGN_JUDGE_BASE_URL")
+            raise UsageError("no judge endpoint: pass base_url or set DIFFALIGN_JUDGE_BASE_URL")
         self.url = base_url.rstrip("/") + "/chat/completions"
         self._api_key = api_key or os.environ.get("DIFFALIGN_JUDGE_API_KEY") or os.environ.get("OPENAI_API_KEY") or "EMPTY"
         self.model = model
@@ -124,3 +126,7 @@ class HTTPJudge:
         payloads = [chat_payload(images, text, self.model, self.max_tokens) for images, text in requests]
         with ThreadPoolExecutor(max_workers=self.max_workers) as pool:
             return list(tqdm(pool.map(self._post, payloads), total=len(payloads), desc="judge", leave=False, disable=len(payloads) < 2))
+
+
+# the options of an ``HTTPJudge`` beyond the endpoint, the key, the served model and the token budget
+HTTP_OPTIONS = tuple(name for name in inspect.signature(HTTPJudge).parameters if name not in ("base_url", "api_key", "model", "max_tokens"))

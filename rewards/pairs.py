@@ -62,12 +62,14 @@ class PairStats:
     skipped_images: int = 0
 
 
-def group_by_prompt(records: Iterable[ImageRecord]) -> dict[str, list[int]]:
-    """Indices of ``records`` per prompt, prompts in first-appearance order."""
-    groups: dict[str, list[int]] = {}
+def group_by_prompt(records: Iterable[ImageRecord]) -> list[tuple[str, list[int]]]:
+    """``(prompt, indices of its records)`` per prompt, in first-appearance order. Records that carry a
+    ``prompt_index`` (a folder read with ``--prompts FILE``) are grouped by it, so two identical lines of
+    a prompts file stay two prompts with their own candidates; the others by their prompt text."""
+    groups: dict[tuple[int | None, str], tuple[str, list[int]]] = {}
     for index, record in enumerate(records):
-        groups.setdefault(record.prompt, []).append(index)
-    return groups
+        groups.setdefault((record.prompt_index, record.prompt), (record.prompt, []))[1].append(index)
+    return list(groups.values())
 
 
 def _keep(chosen_score: float, rejected_score: float, min_margin: float) -> bool:
@@ -83,7 +85,7 @@ def best_vs_worst(
     ``pairs_per_prompt`` = n > 1 also the i-th best against the i-th worst for i < n (no image twice)."""
     stats = PairStats()
     pairs = []
-    for prompt, indices in group_by_prompt(records).items():
+    for prompt, indices in group_by_prompt(records):
         stats.prompts += 1
         scored = sorted((float(scores[i]), i) for i in indices if not math.isnan(scores[i]))
         stats.unscored_images += len(indices) - len(scored)
@@ -146,35 +148,35 @@ def rank_and_sift(
     stats = PairStats()
     skipped = Skipped()
     pairs = []
-    groups = list(group_by_prompt(records).items())
+    groups = group_by_prompt(records)
     for start in tqdm(range(0, len(groups), prompts_per_call), desc="rank + sift", unit="call"):
         chunk = groups[start : start + prompts_per_call]
         stats.prompts += len(chunk)
-        images, fixed_pairs = {}, []  # fixed_pairs: (prompt, left index, right index)
-        for prompt, indices in chunk:
+        images, fixed_pairs = {}, []  # fixed_pairs: (group position in chunk, left index, right index)
+        for group, (_, indices) in enumerate(chunk):
             images.update(zip(indices, load_images([records[i] for i in indices], skip_invalid, skipped)))
             fixed_pairs += [
-                (prompt, left, right)
+                (group, left, right)
                 for left, right in zip(indices[0::2], indices[1::2])
                 if images[left] is not None and images[right] is not None
             ]
-        ranked_prompts = {prompt for prompt, _, _ in fixed_pairs}
-        stats.too_few_images += len(chunk) - len(ranked_prompts)
+        ranked_groups = {group for group, _, _ in fixed_pairs}
+        stats.too_few_images += len(chunk) - len(ranked_groups)
         if not fixed_pairs:
             continue
         lefts = [images[left] for _, left, _ in fixed_pairs]
         rights = [images[right] for _, _, right in fixed_pairs]
-        prompts = [prompt for prompt, _, _ in fixed_pairs]
+        prompts = [chunk[group][0] for group, _, _ in fixed_pairs]
         verdicts = (compare_both_orders(ranker, lefts, rights, prompts) if both_orders else ranker.compare(lefts, rights, prompts))
         stats.unparsable_verdicts += verdicts.unparsable
         ranked = [left for _, left, _ in fixed_pairs] + [right for _, _, right in fixed_pairs]
         values = point_scorer.score([images[i] for i in ranked], [records[i].prompt for i in ranked])
         score_of = {index: float(value) for index, value in zip(ranked, values)}
         stats.unscored_images += sum(math.isnan(value) for value in score_of.values())
-        for prompt, _ in chunk:
-            if prompt not in ranked_prompts:
+        for group, (prompt, _) in enumerate(chunk):
+            if group not in ranked_groups:
                 continue
-            own = [(left, right, verdict) for (owner, left, right), verdict in zip(fixed_pairs, verdicts.preference.tolist()) if owner == prompt]
+            own = [(left, right, verdict) for (owner, left, right), verdict in zip(fixed_pairs, verdicts.preference.tolist()) if owner == group]
             pair = _sift(prompt, own, score_of, records, scorer_name, min_margin, stats)
             if pair is not None:
                 pairs.append(pair)

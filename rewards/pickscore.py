@@ -15,8 +15,9 @@ from typing import ClassVar, Sequence
 import torch
 from PIL import Image
 
+from diffalign.data.images import to_rgb
+from diffalign.errors import ModelLoadError, UsageError
 from diffalign.rewards.base import Scorer, batched, check_lengths, register_scorer, resolve_device, resolve_dtype
-from diffalign.rewards.images import to_rgb
 
 SCALES = ("logit", "cosine")
 
@@ -47,14 +48,14 @@ class PickScore(Scorer):
         from transformers import CLIPModel, CLIPProcessor
 
         if scale not in SCALES:
-            raise ValueError(f"scale must be one of {', '.join(SCALES)}, got {scale!r}")
+            raise UsageError(f"scale must be one of {', '.join(SCALES)}, got {scale!r}")
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         try:
             self.processor = CLIPProcessor.from_pretrained(processor)
             self.model = CLIPModel.from_pretrained(model, dtype=self.dtype)
         except (OSError, ValueError) as error:
-            raise ValueError(f"cannot load PickScore model {model!r} / processor {processor!r}: {error}") from error
+            raise ModelLoadError(f"cannot load PickScore model {model!r} / processor {processor!r}: {error}") from error
         self.model.to(self.device).eval().requires_grad_(False)
         self.scale = scale
         self.batch_size = batch_size

@@ -25,23 +25,27 @@ import os
 import re
 from dataclasses import dataclass, field
 
-from diffalign.rewards.images import IMAGE_EXTENSIONS
+from diffalign.errors import UserError
 
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 CANDIDATE_NAME_LAYOUT = "{prompt_index}_{j}.{ext}"
 _CANDIDATE_NAME = re.compile(r"(\d+)_(\d+)\.([A-Za-z]+)")
 
 
-class RecordError(ValueError):
+class RecordError(UserError, ValueError):
     """An image listing that cannot be read, naming the file, row and field at fault."""
 
 
 @dataclass(frozen=True)
 class ImageRecord:
-    """One image to score: its absolute ``path``, its ``prompt`` and ``where`` it was listed (for errors)."""
+    """One image to score: its absolute ``path``, its ``prompt``, ``where`` it was listed (for errors) and,
+    for a folder read with ``--prompts FILE``, the ``prompt_index`` of its prompt in that file (two
+    identical lines of the file are two prompts; ``None`` where the prompt is given as text)."""
 
     path: str
     prompt: str
     where: str
+    prompt_index: int | None = None
 
 
 @dataclass
@@ -153,7 +157,7 @@ def _read_folder_by_index(folder: str, prompts: list[str], prompts_file: str) ->
         )
     root = os.path.abspath(folder)
     records = [
-        ImageRecord(os.path.join(root, by_key[key]), prompts[key[0]], os.path.join(folder, by_key[key]))
+        ImageRecord(os.path.join(root, by_key[key]), prompts[key[0]], os.path.join(folder, by_key[key]), key[0])
         for key in sorted(by_key)
     ]
     used = {key[0] for key in by_key}

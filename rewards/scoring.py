@@ -10,8 +10,9 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from diffalign.data.errors import DataError
+from diffalign.data.images import decode_image
 from diffalign.rewards.base import Scorer
-from diffalign.rewards.images import ImageLoadError, load_image
 from diffalign.rewards.records import ImageRecord
 
 
@@ -27,15 +28,17 @@ class Skipped:
 
 
 def load_images(records: Sequence[ImageRecord], skip_invalid: bool, skipped: Skipped) -> list[Image.Image | None]:
-    """The RGB images of ``records``; an unreadable one raises naming its row, or is ``None`` and recorded."""
+    """The RGB images of ``records``, read as training reads images (``diffalign.data.images.decode_image``:
+    alpha on white, 16-bit scaled to 8 bits); an unreadable one raises a ``DataError`` naming its row, or
+    is ``None`` and recorded."""
     images: list[Image.Image | None] = []
     for record in records:
         try:
-            images.append(load_image(record.path))
-        except ImageLoadError as error:
+            images.append(decode_image(record.path, record.where))
+        except DataError as error:
             if not skip_invalid:
-                raise ImageLoadError(f"{record.where}: {error}") from error
-            skipped.errors.append(f"{record.where}: {error}")
+                raise
+            skipped.errors.append(str(error))
             images.append(None)
     return images
 

@@ -12,8 +12,9 @@ from typing import Sequence
 import torch
 from PIL import Image
 
+from diffalign.data.images import to_rgb
+from diffalign.errors import ModelLoadError
 from diffalign.rewards.base import batched, resolve_device, resolve_dtype
-from diffalign.rewards.images import to_rgb
 
 JudgeRequest = tuple[Sequence[Image.Image], str]
 
@@ -46,7 +47,7 @@ class TransformersJudge:
             self.processor = AutoProcessor.from_pretrained(model)
             self.model = AutoModelForImageTextToText.from_pretrained(model, dtype=self.dtype)
         except (OSError, ValueError) as error:
-            raise ValueError(f"cannot load judge model {model!r}: {error}") from error
+            raise ModelLoadError(f"cannot load judge model {model!r}: {error}") from error
         self.processor.tokenizer.padding_side = "left"
         self.model.to(self.device).eval()
         self.batch_size = batch_size

@@ -28,12 +28,13 @@ from typing import ClassVar, Sequence
 import torch
 from PIL import Image
 
+from diffalign.errors import UsageError
 from diffalign.rewards.base import (
     PairwiseResult,
     PairwiseScorer,
     Scorer,
     check_lengths,
-    merge_orders,
+    compare_both_orders,
     register_scorer,
 )
 from diffalign.rewards.unifiedreward_parsing import (
@@ -69,15 +70,19 @@ def build_backend(
 
     ``http_options`` (timeout, max_retries, retry_backoff, max_workers) go to the ``HTTPJudge``.
     """
-    from diffalign.rewards.http_judge import HTTPJudge
+    from diffalign.rewards.http_judge import HTTP_OPTIONS, HTTPJudge
     from diffalign.rewards.transformers_judge import TransformersJudge
 
+    unknown = sorted(set(http_options) - set(HTTP_OPTIONS))
+    if unknown:
+        raise UsageError(f"a UnifiedReward judge takes no option(s) {', '.join(unknown)}; its HTTP endpoint options: "
+                         f"{', '.join(HTTP_OPTIONS)}")
     if base_url or (model is None and os.environ.get("DIFFALIGN_JUDGE_BASE_URL")):
         return HTTPJudge(base_url, api_key=api_key, model=served_model, max_tokens=max_new_tokens, **http_options)
     if model is None:
-        raise ValueError("a UnifiedReward judge needs --model (local path or hub id) or --base-url (OpenAI-compatible server)")
+        raise UsageError("a UnifiedReward judge needs --model (local path or hub id) or --base-url (OpenAI-compatible server)")
     if http_options:
-        raise ValueError(f"options {', '.join(sorted(http_options))} apply to an HTTP endpoint only (give base_url)")
+        raise UsageError(f"options {', '.join(sorted(http_options))} apply to an HTTP endpoint only (give base_url)")
     return TransformersJudge(model, device=device, dtype=dtype, batch_size=batch_size, max_new_tokens=max_new_tokens, progress=progress)
 
 
@@ -99,7 +104,7 @@ class _Judge:
         check_lengths(images_a=images_a, images_b=images_b, prompts=prompts)
         if not self.both_orders:
             return self._verdicts(images_a, images_b, prompts)
-        return merge_orders(self._verdicts(images_a, images_b, prompts), self._verdicts(images_b, images_a, prompts))
+        return compare_both_orders(self._verdicts, images_a, images_b, prompts)
 
 
 def _pairwise_result(verdicts: list[int | None], probability_a: list[float] | None = None) -> PairwiseResult:
@@ -151,7 +156,7 @@ class UnifiedReward2(_Judge, Scorer, PairwiseScorer):
 
     def __init__(self, dimension: str = "mean", fill_missing: bool = False, both_orders: bool = False, **backend_options):
         if dimension not in ACS_DIMENSIONS + ("mean",):
-            raise ValueError(f"dimension must be one of {', '.join(ACS_DIMENSIONS)} or mean, got {dimension!r}")
+            raise UsageError(f"dimension must be one of {', '.join(ACS_DIMENSIONS)} or mean, got {dimension!r}")
         super().__init__(both_orders=both_orders, **backend_options)
         self.dimension = dimension
         self.fill_missing = fill_missing

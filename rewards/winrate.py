@@ -24,7 +24,7 @@ from typing import Mapping, Sequence
 import torch
 from PIL import Image
 
-from diffalign.rewards.base import PairwiseScorer
+from diffalign.rewards.base import PairwiseResult, PairwiseScorer, compare_both_orders, mean_preference
 
 ADVANTAGE_EPS = 1e-8
 
@@ -57,13 +57,11 @@ def group_win_rates(
     first = [images[i] for i, _ in pairs]
     second = [images[j] for _, j in pairs]
     prompts = [prompt] * len(pairs)
-    result = judge.compare(first, second, prompts)
-    preference = result.preference.float()
-    unparsable = result.unparsable
     if both_orders:
-        swapped = judge.compare(second, first, prompts)
-        preference = (preference - swapped.preference.float()) / 2
-        unparsable += swapped.unparsable
+        preference, unparsable = compare_both_orders(judge, first, second, prompts, merge=_mean_over_orders)
+    else:
+        result = judge.compare(first, second, prompts)
+        preference, unparsable = result.preference.float(), result.unparsable
     points_first = (1 + preference) / 2  # 1 for a win, 1/2 for a tie, 0 for a loss
     points = torch.zeros(group_size)
     index_first = torch.tensor([i for i, _ in pairs])
@@ -71,6 +69,12 @@ def group_win_rates(
     points.index_add_(0, index_first, points_first)
     points.index_add_(0, index_second, 1 - points_first)
     return WinRates(points / (group_size - 1), points, len(pairs) * (2 if both_orders else 1), unparsable)
+
+
+def _mean_over_orders(ab: PairwiseResult, ba: PairwiseResult) -> tuple[torch.Tensor, int]:
+    """The float preference for the first image averaged over both orders (a win and a tie: 1/2), and
+    the unparsable verdicts of both."""
+    return mean_preference(ab, ba), ab.unparsable + ba.unparsable
 
 
 def normalized_advantages(rewards: torch.Tensor, clip: float | None = None, eps: float = ADVANTAGE_EPS) -> torch.Tensor:

@@ -1,11 +1,14 @@
 """The ``diffalign`` command: methods listing, train with flags and YAML, clear user errors (exit 2)."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 import yaml
 
 from diffalign.cli import main, parse_train_config
+from diffalign.errors import UserError
 
 
 def test_methods_lists_every_registered_method(capsys):
@@ -24,6 +27,70 @@ def test_methods_lists_every_registered_method(capsys):
 def test_user_errors_exit_2(capsys, argv, message):
     assert main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+def test_user_errors_share_one_base():
+    """Every error a user can cause is a ``UserError`` and keeps the built-in type it had."""
+    from diffalign.data.cache import CacheMismatchError
+    from diffalign.data.errors import DataError, DiskFullError
+    from diffalign.diffusion.attention import AttentionBackendError
+    from diffalign.errors import ModelLoadError, ModelNotFoundError, UnknownNameError, UsageError
+    from diffalign.methods.base import UnknownMethodError
+    from diffalign.options import OptionError
+    from diffalign.rewards.hpsv2 import CheckpointError
+    from diffalign.rewards.http_judge import JudgeRequestError
+    from diffalign.rewards.records import RecordError
+    from diffalign.training.loop import NonFiniteLossError
+    from diffalign.training.run_folder import LauncherGoneError, RunFolderError
+
+    for error, builtin in [
+        (UsageError, ValueError), (UnknownNameError, KeyError), (ModelLoadError, ValueError), (ModelNotFoundError, FileNotFoundError),
+        (OptionError, ValueError), (DataError, ValueError), (CacheMismatchError, ValueError), (DiskFullError, OSError),
+        (RunFolderError, ValueError), (LauncherGoneError, ValueError), (NonFiniteLossError, FloatingPointError),
+        (AttentionBackendError, RuntimeError), (UnknownMethodError, KeyError), (CheckpointError, ValueError),
+        (JudgeRequestError, RuntimeError), (RecordError, ValueError),
+    ]:
+        assert issubclass(error, UserError) and issubclass(error, builtin), error
+    assert str(UnknownNameError("unknown data format 'x'")) == "unknown data format 'x'"  # not quoted like a KeyError
+
+
+def test_cache_user_errors_exit_2(capsys, tmp_path):
+    assert main(["cache", "--model", "m", "--data", "d", "--output", str(tmp_path / "c"), "--method", "nope"]) == 2
+    assert capsys.readouterr().err.startswith("diffalign cache: error: unknown method 'nope'; registered methods:")
+
+
+def test_debug_shows_the_traceback_of_user_errors(monkeypatch, capsys):
+    argv = ["train", "--method", "nope", "--model", "m", "--data", "d"]
+    with pytest.raises(UserError, match="unknown method 'nope'"):
+        main(["--debug", *argv])
+    monkeypatch.setenv("DIFFALIGN_DEBUG", "1")
+    with pytest.raises(UserError, match="unknown method 'nope'"):
+        main(argv)
+    monkeypatch.setenv("DIFFALIGN_DEBUG", "0")
+    assert main(argv) == 2
+
+
+def test_a_bug_is_not_a_user_error(monkeypatch, capsys):
+    """A plain ValueError from inside diffalign propagates (the console script prints its traceback)."""
+    import diffalign.methods
+
+    def broken():
+        raise ValueError("internal bug")
+
+    monkeypatch.setattr(diffalign.methods, "registered_methods", broken)
+    with pytest.raises(ValueError, match="internal bug"):
+        main(["methods"])
+    assert "error:" not in capsys.readouterr().err
+
+
+def test_a_bug_prints_its_traceback_and_exits_1():
+    code = ("import diffalign.cli, diffalign.methods\n"
+            "def broken():\n    raise ValueError('internal bug')\n"
+            "diffalign.methods.registered_methods = broken\n"
+            "raise SystemExit(diffalign.cli.main(['methods']))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1
+    assert "Traceback (most recent call last)" in done.stderr and done.stderr.rstrip().endswith("ValueError: internal bug")
 
 
 def test_missing_data_path_exits_2(capsys, tiny_model_dir, tmp_path):

@@ -9,7 +9,8 @@ from PIL import Image
 
 import diffalign  # noqa: F401  (torchvision CPU shim first)
 from diffalign.toy import world
-from diffalign.toy.demo import check_method, win_rate
+from diffalign.toy.demo import check_method
+from diffalign.toy.evaluation import win_rate
 from diffalign.toy.judge import ToyJudge
 
 
@@ -115,7 +116,7 @@ def test_demo_rejects_methods_that_do_not_train_on_image_pairs():
 
 
 def test_validation_prompts_exclude_pair_prompts_and_held_out_prompts():
-    from diffalign.toy.demo import evaluation_prompts
+    from diffalign.toy.evaluation import evaluation_prompts
 
     train, held_out = world.split_prompts()
     used = train[:100]

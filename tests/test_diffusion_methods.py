@@ -9,6 +9,7 @@ from diffalign.data import ImageOptions, get_format, read_table
 from diffalign.diffusion.attention import AttentionBackendError
 from diffalign.diffusion.model import DiffusionModel, LoraSettings
 from diffalign.methods.base import get_method_class
+from diffalign.methods.denoising import forward_noised_pairs, stack_pairs
 from diffalign.training import TrainConfig, build_method
 
 
@@ -33,8 +34,10 @@ def loss(method, model, batch, seed):
 
 
 def forward_pair(method, model, batch, seed):
+    """The forward-noised [winners; losers] latents the method's loss starts from."""
     generator = seeded(seed)
-    return method.forward_pair(model, model.encode_batch(batch, generator, **method.encode_options()), generator)
+    inputs = model.encode_batch(batch, generator, **method.encode_options())
+    return forward_noised_pairs(model, *stack_pairs(model, inputs, generator), generator)
 
 
 @pytest.mark.parametrize("family", ["sd", "sdxl"])

@@ -1,6 +1,6 @@
 """Every PIL image mode becomes the right 8-bit RGB (``diffalign.data.images.to_rgb``, the rules in that
 module's docstring): 16-bit scaled, alpha composited on white, out-of-range values refused by name. The
-scorers use the same converter."""
+scorers read images with the same decoder and converter."""
 
 import io
 
@@ -147,17 +147,23 @@ def test_out_of_range_values_are_refused_by_name(array, message):
         decode_image(Image.fromarray(array), WHERE)
 
 
-def test_the_scorers_use_the_same_converter(tmp_path):
-    from diffalign.rewards import images as reward_images
+def test_the_scorers_use_the_same_decoder_and_converter(tmp_path):
+    from diffalign.rewards import hpsv2, http_judge, pickscore, transformers_judge
+    from diffalign.rewards.records import ImageRecord
+    from diffalign.rewards.scoring import Skipped, load_images
 
-    assert reward_images.to_rgb is to_rgb
+    assert all(module.to_rgb is to_rgb for module in (hpsv2, http_judge, pickscore, transformers_judge))
+
+    def load(path):
+        return load_images([ImageRecord(str(path), "p", path.name)], skip_invalid=False, skipped=Skipped())[0]
+
     path = tmp_path / "grey16.png"
     sixteen_bit("I;16").save(path)
-    assert [reward_images.load_image(path).getpixel((x, 0)) for x in range(3)] == grey(0, 128, 255)
+    assert [load(path).getpixel((x, 0)) for x in range(3)] == grey(0, 128, 255)
     transparent = tmp_path / "clear.png"
     Image.new("RGBA", (2, 2), (0, 0, 0, 0)).save(transparent)
-    assert reward_images.load_image(transparent).getpixel((0, 0)) == (255, 255, 255)
-    with pytest.raises(reward_images.ImageLoadError, match="cannot decode image .*image mode I with values"):
+    assert load(transparent).getpixel((0, 0)) == (255, 255, 255)
+    with pytest.raises(DataError, match="^bad.tiff: image mode I with values"):
         bad = tmp_path / "bad.tiff"
         Image.fromarray(np.array([[-5, 3]], dtype=np.int32)).save(bad)
-        reward_images.load_image(bad)
+        load(bad)

@@ -10,8 +10,9 @@ import torch
 import diffalign  # noqa: F401
 from conftest import write_jsonl, write_pair_images
 from diffalign.diffusion.model import DiffusionModel, LoraSettings
+from diffalign.methods import denoising as denoising_module
 from diffalign.methods import inpo as inpo_module
-from diffalign.methods.denoising import PairwiseDenoisingMethod
+from diffalign.methods.denoising import forward_noised_pairs, invert_pairs
 from diffalign.methods.diffusion_dpo import DiffusionDPO, DiffusionDPOConfig
 from diffalign.methods.inpo import InPO, InPOConfig
 from diffalign.methods.smpo import SmPO, SmPOConfig
@@ -80,24 +81,21 @@ def test_smpo_equal_scores_give_ln2_and_zero_gradient_for_any_policy(load):
     assert grads and all(torch.count_nonzero(grad) == 0 for grad in grads)
 
 
-def test_inpo_with_forward_noising_is_diffusion_dpo_bit_for_bit(load):
+def test_inpo_with_forward_noising_is_diffusion_dpo_bit_for_bit(load, monkeypatch):
     """Spec §7 InPO 3: only the latent provider differs between InPO and Diffusion-DPO."""
 
-    class ForwardNoisedInPO(InPO):
-        noisy_latents_and_targets = PairwiseDenoisingMethod.noisy_latents_and_targets
+    def forward_noising(model, latents, timesteps, cond, generator, **inversion):
+        return forward_noised_pairs(model, latents, timesteps, cond, generator)
 
-        def objective(self, model, pair, policy_chosen, policy_rejected, batch):
-            self._inversion_forwards = 0
-            return super().objective(model, pair, policy_chosen, policy_rejected, batch)
-
+    monkeypatch.setattr(inpo_module, "invert_pairs", forward_noising)  # InPO with Diffusion-DPO's latent provider
     model = load("sd")
     perturb(model.unet, seed=4)
     batch = make_batch()
-    inpo_output = loss_of(ForwardNoisedInPO(InPOConfig(beta=5000.0)), model, batch)
+    inpo_output = loss_of(InPO(InPOConfig(beta=5000.0)), model, batch)
     dpo_output = loss_of(DiffusionDPO(DiffusionDPOConfig(beta=5000.0)), model, batch)
     assert abs(dpo_output.loss.item() - LN2) > 1e-3
     assert torch.equal(inpo_output.losses, dpo_output.losses)
-    sd2000 = loss_of(ForwardNoisedInPO(), model, batch)  # beta None: 2000 for SD1.x
+    sd2000 = loss_of(InPO(), model, batch)  # beta None: 2000 for SD1.x
     assert torch.equal(sd2000.losses, loss_of(DiffusionDPO(DiffusionDPOConfig(beta=2000.0)), model, batch).losses)
 
 
@@ -108,19 +106,19 @@ def test_inpo_with_forward_noising_is_diffusion_dpo_bit_for_bit(load):
 )
 def test_official_defaults_per_family(load, monkeypatch, family, method, steps, renoise, eta, beta):
     calls = []
-    invert = inpo_module.ddim_invert
+    invert = denoising_module.ddim_invert
 
     def recording(eps_model, x0, timesteps, alphas_cumprod, grid, **options):
         calls.append((grid.num_inference_steps, options))
         return invert(eps_model, x0, timesteps, alphas_cumprod, grid, **options)
 
-    monkeypatch.setattr(inpo_module, "ddim_invert", recording)
+    monkeypatch.setattr(denoising_module, "ddim_invert", recording)
     model = load(family)
     plugin = method()
     output = loss_of(plugin, model, make_batch(pairs=1))
     (grid_steps, options), = calls
     assert (grid_steps, options["renoise_steps"], options["eta"]) == (steps, renoise, eta)
-    assert options["exact_t"] is False and plugin.beta_for(model) == beta
+    assert options["exact_t"] is False and plugin.config.beta_for(model.family) == beta
     assert plugin.config.caption_dropout == 0.2 and plugin.config.invert_with == "policy"
     assert output.metrics["inversion/image_forwards"].item() >= 2 * (renoise + 1)
 
@@ -133,7 +131,9 @@ def test_invert_with_reference_uses_the_frozen_network(load):
     cond = model.encode_prompts(["a red circle", "a green square"]).repeat_for_pair()
 
     def provide(config):
-        return SmPO(config).noisy_latents_and_targets(model, latents, timesteps, cond, None)
+        pairs = invert_pairs(model, latents, timesteps, cond, None, steps=config.inversion_steps_for(model.family),
+                             renoise_steps=1, eta=0.0, invert_with=config.invert_with, exact_t=config.exact_t)
+        return pairs.noisy, pairs.target
 
     before = provide(SmPOConfig())
     perturb(model.unet, seed=6)
@@ -181,7 +181,8 @@ def test_v_prediction_models_invert_with_the_implied_noise(tiny_model_dir):
     latents = torch.randn(4, 4, 8, 8, generator=generator)
     timesteps = torch.tensor([150, 700, 150, 700])
     cond = model.encode_prompts(["a red circle", "a blue square"] * 2)
-    noisy, target = InPO().noisy_latents_and_targets(model, latents, timesteps, cond, torch.Generator().manual_seed(1))
+    pairs = invert_pairs(model, latents, timesteps, cond, torch.Generator().manual_seed(1), steps=10, renoise_steps=0, eta=0.1)
+    noisy, target = pairs.noisy, pairs.target
     abar_t = model.alphas_cumprod[timesteps].float().reshape(-1, 1, 1, 1)
     # the target is the velocity of (x_tilde, x0): x0 = sqrt(abar) x_tilde - sqrt(1 - abar) v
     assert torch.allclose(abar_t.sqrt() * noisy - (1 - abar_t).sqrt() * target, latents, atol=1e-4)

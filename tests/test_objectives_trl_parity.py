@@ -11,6 +11,8 @@ Version notes (text_objectives.md §2): TRL <= 0.28 applied label smoothing to `
 reward mean; 1.16 does neither, and neither does diffalign's ``bco_pair``.
 """
 
+import dataclasses
+import re
 import zlib
 from collections import defaultdict
 from types import SimpleNamespace
@@ -22,7 +24,7 @@ import diffalign  # noqa: F401  (before transformers: torchvision shim)
 from diffalign.objectives import PAIRWISE_LOSSES, combine_losses, kto_ref_point, odds_ratio_loss, pairwise_loss, sft_loss, unpaired_loss
 
 trl = pytest.importorskip("trl")
-from trl import DPOTrainer, KTOTrainer  # noqa: E402
+from trl import DPOConfig, DPOTrainer, KTOTrainer  # noqa: E402
 from trl.experimental.cpo import CPOTrainer  # noqa: E402
 from trl.experimental.orpo import ORPOTrainer  # noqa: E402
 
@@ -81,7 +83,10 @@ def _trl_dpo(loss_types, weights, policy_logps, ref_logps, inputs, beta, eps, f_
     return loss, {k: v[-1] for k, v in this._metrics["train"].items()}
 
 
-TRL_DPO_TYPES = [name for name, spec in PAIRWISE_LOSSES.items() if spec.in_trl_dpo]
+# The pairwise loss types of TRL 1.16's DPOTrainer (DPOConfig.loss_type, less "sft", which is
+# ``sft_loss``); diffalign's other two, cdpo and simpo, are CPOTrainer losses (compared below).
+TRL_DPO_TYPES = ["sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot", "aot_unpaired",
+                 "apo_zero", "apo_down", "discopop", "sigmoid_norm"]
 
 
 def _eps(loss_type):
@@ -97,10 +102,10 @@ def _inputs(seed):
 
 
 def test_all_fourteen_trl_dpo_loss_types_are_covered():
-    assert sorted(TRL_DPO_TYPES) == sorted(
-        ["sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot", "aot_unpaired",
-         "apo_zero", "apo_down", "discopop", "sigmoid_norm"]
-    )
+    help_text = next(f for f in dataclasses.fields(DPOConfig) if f.name == "loss_type").metadata["help"]
+    assert sorted(re.findall(r"`'(\w+)'`", help_text)) == sorted([*TRL_DPO_TYPES, "sft"])  # TRL's own list
+    assert len(TRL_DPO_TYPES) == 14 and set(TRL_DPO_TYPES) <= set(PAIRWISE_LOSSES)
+    assert sorted(set(PAIRWISE_LOSSES) - set(TRL_DPO_TYPES)) == ["cdpo", "simpo"]
 
 
 @pytest.mark.parametrize("loss_type", TRL_DPO_TYPES)

@@ -135,7 +135,7 @@ def test_flags_override_a_bad_file_value(tmp_path):
     (["--max-step", "3"], "unrecognized arguments: --max-step 3"),
     (["--method", "mapo", "--beta", "-0.1"], "--beta must be >= 0, got -0.1"),
     (["--method", "mapo", "--margin-scale", "0"], "--margin-scale must be > 0, got 0.0"),
-    (["--method", "mapo", "--snr", "-1"], "--snr must be > 0, got -1.0"),
+    (["--method", "mapo", "--link-temperature", "-1"], "--link-temperature must be > 0, got -1.0"),
     (["--method", "sft", "--caption-dropout", "1.5"], "--caption-dropout must be in [0, 1]; got 1.5"),
     (["--method", "inpo", "--eta", "-0.1"], "--eta must be >= 0, got -0.1"),
     (["--method", "inpo", "--inversion-steps", "1"], "--inversion-steps must be >= 2, got 1"),

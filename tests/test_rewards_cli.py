@@ -16,10 +16,10 @@ import torch
 from PIL import Image
 
 from diffalign.rewards import get_scorer, registered_scorers
-from diffalign.rewards.base import PairwiseResult, PairwiseScorer, Scorer
+from diffalign.rewards.base import PairwiseResult, PairwiseScorer, Scorer, batched
 from diffalign.rewards.cli import add_pairs_command, add_score_command
 from diffalign.rewards.pairs import best_vs_worst, rank_and_sift
-from diffalign.rewards.records import ImageRecord, candidate_image_name
+from diffalign.rewards.records import ImageRecord, candidate_image_name, read_image_listing
 from tiny_rewards import save_tiny_hps_checkpoint
 from test_rewards_unifiedreward import StubServer, brightness_answer
 
@@ -169,6 +169,70 @@ def test_user_errors_exit_2(tiny_hps, candidates, tmp_path, capsys):
     bad.write_text(json.dumps({"image": "gen/0_0.png", "prompt": "p"}) + "\n" + json.dumps({"prompt": "p"}) + "\n")
     assert run("score", "--scorer", "hpsv2", "--checkpoint", checkpoint, "--images", str(bad), "--out", out) == 2
     assert f"{bad}:2: missing string field 'image'" in capsys.readouterr().err
+
+
+def test_identical_lines_of_a_prompts_file_stay_two_prompts(candidates):
+    """Candidates are grouped by prompt index, not by text: a prompts file with one line twice is two
+    prompts with four candidates each, not one prompt with eight."""
+    folder, prompts, levels = candidates
+    prompts.write_text("a square\na square\n")
+    records = read_image_listing(str(folder), str(prompts)).records
+    assert [record.prompt_index for record in records] == [0] * 4 + [1] * 4
+
+    class Brightness(Scorer, PairwiseScorer):
+        name = "brightness"
+
+        def compare(self, images_a, images_b, prompts):
+            preference = [1 if a.getpixel((0, 0))[0] > b.getpixel((0, 0))[0] else -1 for a, b in zip(images_a, images_b)]
+            return PairwiseResult(torch.tensor(preference), torch.full((len(images_a),), math.nan))
+
+        def score(self, images, prompts):
+            return torch.tensor([float(image.getpixel((0, 0))[0]) for image in images])
+
+    expected = [(records[1].path, records[0].path), (records[4].path, records[5].path)]  # 220 vs 30, 200 vs 10
+    pairs, stats = best_vs_worst(records, torch.tensor(levels, dtype=torch.float32), "level")
+    assert [(p.chosen, p.rejected) for p in pairs] == expected and stats.prompts == 2
+    pairs, stats = rank_and_sift(records, Brightness(), Brightness(), "brightness")
+    assert [(p.chosen, p.rejected) for p in pairs] == expected and stats.prompts == 2
+
+
+def test_toy_judge_user_errors_exit_2(candidates, tmp_path, capsys):
+    folder, prompts, _ = candidates
+    common = ["--scorer", "toy", "--images", str(folder), "--prompts", str(prompts), "--out", str(tmp_path / "s.jsonl")]
+    assert run("score", *common) == 2
+    assert "error: caption 'a bright square' is not in the toy grammar" in capsys.readouterr().err
+    assert run("score", *common, "--batch-size", "2") == 2
+    assert "error: the toy judge takes no options, got ['batch_size']" in capsys.readouterr().err
+
+
+def test_a_bug_keeps_its_traceback(candidates, tmp_path, monkeypatch, capsys):
+    """Only ``UserError``s become one line and exit 2; any other exception is a bug and propagates."""
+    from diffalign.errors import UserError
+    from diffalign.rewards import cli
+
+    def broken(*args, **kwargs):
+        raise ValueError("internal bug")
+
+    folder, prompts, _ = candidates
+    argv = ["score", "--scorer", "toy", "--images", str(folder), "--prompts", str(prompts), "--out", str(tmp_path / "s.jsonl")]
+    monkeypatch.setattr(cli, "score_records", broken)
+    with pytest.raises(ValueError, match="internal bug"):
+        run(*argv)
+    assert "error:" not in capsys.readouterr().err
+    monkeypatch.setenv("DIFFALIGN_DEBUG", "1")  # a user error shows its traceback too
+    with pytest.raises(UserError, match="unknown scorer 'nope'"):
+        run(*argv[:2], "nope", *argv[3:])
+
+
+def test_unknown_judge_options_are_user_errors(tmp_path):
+    from diffalign.errors import UsageError
+
+    with pytest.raises(UsageError, match="takes no option.* timeot; its HTTP endpoint options: timeout, max_retries"):
+        get_scorer("unifiedreward", base_url="http://127.0.0.1:9", timeot=3)
+    with pytest.raises(UsageError, match="dimension must be one of"):
+        get_scorer("unifiedreward-2.0", base_url="http://127.0.0.1:9", dimension="beauty")
+    with pytest.raises(UsageError, match="batch_size must be >= 1"):
+        list(batched([1], 0))
 
 
 def test_corrupt_image_is_an_error_or_a_counted_skip(tiny_hps, candidates, tmp_path, capsys):

@@ -82,10 +82,11 @@ def test_checkpoints_are_atomic_and_pruned(tiny_model_dir, pair_jsonl, tmp_path)
 
 
 def test_non_finite_loss_is_a_clear_error(tiny_model_dir, pair_jsonl, tmp_path, monkeypatch):
-    from diffalign.methods.diffusion_dpo import DiffusionDPO
+    from diffalign.methods import diffusion_dpo
 
     # a NaN beta is refused as an option (tests/test_options.py): make the loss NaN behind the config's back
-    monkeypatch.setattr(DiffusionDPO, "beta_for", lambda self, model: float("nan"))
+    dpo_loss = diffusion_dpo.dpo_loss
+    monkeypatch.setattr(diffusion_dpo, "dpo_loss", lambda *scores, beta: dpo_loss(*scores, beta=float("nan")))
     with pytest.raises(NonFiniteLossError, match="step 1, micro-batch 1: the loss is"):
         train(config_for(tiny_model_dir("sd"), pair_jsonl, tmp_path, method="diffusion-dpo"))
 

@@ -9,10 +9,12 @@ import shutil
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Optional, Union
 
+from diffalign.errors import UserError
+
 WORKER_TRACEBACK_MARKER = "\nOriginal Traceback (most recent call last):\n"
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """Bad input data; the message names the source, row and field.
 
     Raised in a DataLoader worker, torch re-raises it in the main process as ``DataError("Caught
@@ -62,7 +64,7 @@ class SkipReport:
 
 
 # ------------------------------------------------------------------------------------ disk space
-class DiskFullError(OSError):
+class DiskFullError(UserError, OSError):
     """A write failed because the disk is full; the message names the path, the free and needed bytes."""
 
 

@@ -14,6 +14,7 @@ from typing import Any, Callable, ClassVar
 from torch.utils.data import Dataset
 
 from diffalign.data.tables import Table
+from diffalign.errors import UnknownNameError
 
 
 class DataFormat(ABC):
@@ -43,7 +44,7 @@ def get_format(name: str) -> DataFormat:
     import diffalign.data.formats  # noqa: F401  (registers the built-in formats)
 
     if name not in _FORMATS:
-        raise KeyError(f"unknown data format {name!r}; registered formats: {', '.join(sorted(_FORMATS))}")
+        raise UnknownNameError(f"unknown data format {name!r}; registered formats: {', '.join(sorted(_FORMATS))}")
     return _FORMATS[name]
 
 

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import torch
 
+from diffalign.errors import UserError
+
 ATTENTION_BACKENDS = ("sdpa", "xformers", "native")
 
 
-class AttentionBackendError(RuntimeError):
+class AttentionBackendError(UserError, RuntimeError):
     pass
 
 

@@ -28,6 +28,7 @@ from typing import Any, ClassVar
 import torch
 
 from diffalign.data.registry import registered_formats
+from diffalign.errors import UnknownNameError
 from diffalign.objectives import ObjectiveOutput
 from diffalign.options import validate_fields
 
@@ -86,7 +87,7 @@ def register_method(cls: type[Method]) -> type[Method]:
     return cls
 
 
-class UnknownMethodError(KeyError):
+class UnknownMethodError(UnknownNameError):
     def __str__(self) -> str:  # KeyError would quote the message
         return self.args[0]
 

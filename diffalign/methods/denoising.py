@@ -1,22 +1,37 @@
-"""What the diffusion preference methods share: the encode options (caption dropout), noising a
-[winners; losers] batch with the timestep and noise shared per pair, and one concatenated policy forward.
+"""The pieces the diffusion methods compose: the caption-dropout encode option, a [winners; losers]
+batch with one timestep per pair, the two latent providers (forward noising, and inversion of each
+image by the model itself) and the per-image denoising scores of a network on their latents.
+
+A pairwise method's ``compute_loss`` reads, in its own module::
+
+    latents, timesteps, cond = stack_pairs(model, inputs, generator)
+    pairs = forward_noised_pairs(model, latents, timesteps, cond, generator)   # or invert_pairs(...)
+    policy_chosen, policy_rejected = pairs.logps(model.policy)
+    ...its objective on those scores (diffalign.objectives)...
 
 Randomness comes from the step's ``generator``, drawn in this order: caption dropout (B uniforms) and
 the VAE posterior sample in the model's encode step (``DiffusionModel.encode_batch``), then in
-``compute_loss`` the timesteps (B) and whatever ``noisy_latents_and_targets`` draws (forward noising:
-the noise, B latents). Tests and resumed runs rely on this order.
+``compute_loss`` the timesteps (B, ``stack_pairs``) and what the latent provider draws (forward
+noising: the noise, B latents; inversion with eta > 0: one normal per inverted row and step). Tests
+and resumed runs rely on this order.
 """
 
 from __future__ import annotations
 
-from abc import abstractmethod
 from dataclasses import dataclass
+from typing import Callable, Optional
+
 import torch
 
 from diffalign.diffusion import Conditioning, denoising_logps
+from diffalign.diffusion.inversion import ddim_invert, inversion_grid
 from diffalign.diffusion.noising import repeat_for_pair, sample_noise, sample_timesteps
 from diffalign.methods.base import Method
-from diffalign.objectives import ObjectiveOutput
+
+CAPTION_DROPOUT_HELP = "probability of replacing a pair's caption by the empty one (classifier-free guidance)"
+
+Network = Callable[[torch.Tensor, torch.Tensor, Conditioning], torch.Tensor]
+"""``network(noisy_latents, timesteps, cond) -> prediction``: ``model.policy`` or ``model.reference``."""
 
 
 class DenoisingMethod(Method):
@@ -30,56 +45,80 @@ class DenoisingMethod(Method):
 
 
 @dataclass
-class PairForward:
-    """A noised [winners; losers] batch: 2B latents sharing timesteps (and noise) within each pair."""
+class PairLatents:
+    """A noised [winners; losers] batch: 2B latents at their pair's timestep, the regression target of
+    each, the conditioning, and the no-grad UNet image-forwards spent making the latents (0 for forward
+    noising, the inversion's count otherwise)."""
 
     noisy: torch.Tensor
     target: torch.Tensor
     timesteps: torch.Tensor
     cond: Conditioning
+    image_forwards: int = 0
 
-    def logps(self, prediction: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(chosen, rejected) denoising log-likelihood proxies of a (2B, ...) prediction."""
-        chosen, rejected = denoising_logps(prediction, self.target).chunk(2)
+    def logps(self, network: Network) -> tuple[torch.Tensor, torch.Tensor]:
+        """(chosen, rejected) ``denoising_logps`` (= -1/2 x mean squared error, (B,) each) of
+        ``network``'s prediction on these latents: one concatenated forward of winners and losers."""
+        chosen, rejected = denoising_logps(network(self.noisy, self.timesteps, self.cond), self.target).chunk(2)
         return chosen, rejected
 
 
-class PairwiseDenoisingMethod(DenoisingMethod):
-    """Base of the methods trained on image pairs: subclasses define ``objective``.
-
-    ``noisy_latents_and_targets`` is the latent provider: forward noising here; inversion-based
-    methods (InPO, SmPO) replace it.
-    """
-
-    data_format = "image_pairs"
-
-    def compute_loss(self, model, inputs, generator=None) -> ObjectiveOutput:
-        pair = self.forward_pair(model, inputs, generator)
-        policy_chosen, policy_rejected = pair.logps(model.policy(pair.noisy, pair.timesteps, pair.cond))
-        output = self.objective(model, pair, policy_chosen, policy_rejected, inputs)
-        output.metrics["diffusion/mse_w"] = (-2 * policy_chosen).detach().mean()
-        output.metrics["diffusion/mse_l"] = (-2 * policy_rejected).detach().mean()
-        return output
-
-    def forward_pair(self, model, inputs, generator) -> PairForward:
-        latents = torch.cat([inputs["chosen_latents"], inputs["rejected_latents"]], dim=0)
-        pairs = inputs["chosen_latents"].shape[0]
-        timesteps = repeat_for_pair(sample_timesteps(pairs, model.num_train_timesteps, generator, latents.device))
-        cond = inputs["cond"].repeat_for_pair()
-        noisy, target = self.noisy_latents_and_targets(model, latents, timesteps, cond, generator)
-        return PairForward(noisy, target, timesteps, cond)
-
-    def noisy_latents_and_targets(self, model, latents, timesteps, cond, generator):
-        """Forward noising x_t = sqrt(abar) x0 + sqrt(1 - abar) eps with eps shared within each pair."""
-        pairs = latents.shape[0] // 2
-        noise = repeat_for_pair(sample_noise((pairs, *latents.shape[1:]), generator, latents.device, latents.dtype))
-        return model.add_noise(latents, noise, timesteps), model.target(latents, noise, timesteps)
-
-    @abstractmethod
-    def objective(self, model, pair: PairForward, policy_chosen, policy_rejected, inputs) -> ObjectiveOutput:
-        """The method's loss from the policy's (chosen, rejected) scores of ``pair``."""
+def stack_pairs(model, inputs: dict, generator: Optional[torch.Generator]):
+    """(latents, timesteps, cond) of the encoded pairs: clean latents stacked as [winners; losers]
+    (2B, ...), one timestep per pair drawn uniformly from ``generator`` and repeated for both images
+    (2B,), and the conditioning repeated the same way."""
+    latents = torch.cat([inputs["chosen_latents"], inputs["rejected_latents"]], dim=0)
+    pairs = inputs["chosen_latents"].shape[0]
+    timesteps = repeat_for_pair(sample_timesteps(pairs, model.num_train_timesteps, generator, latents.device))
+    return latents, timesteps, inputs["cond"].repeat_for_pair()
 
 
-def reference_metrics(ref_chosen: torch.Tensor, ref_rejected: torch.Tensor) -> dict[str, torch.Tensor]:
-    return {"diffusion/ref_mse_w": (-2 * ref_chosen).mean(), "diffusion/ref_mse_l": (-2 * ref_rejected).mean()}
+def forward_noised_pairs(model, latents, timesteps, cond, generator) -> PairLatents:
+    """Forward noising x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, with eps drawn once per pair and
+    shared by winner and loser (common random numbers: the error difference measures the images, not
+    the noise); the target is eps (epsilon-prediction) or the velocity (v-prediction)."""
+    pairs = latents.shape[0] // 2
+    noise = repeat_for_pair(sample_noise((pairs, *latents.shape[1:]), generator, latents.device, latents.dtype))
+    return PairLatents(model.add_noise(latents, noise, timesteps), model.target(latents, noise, timesteps), timesteps, cond)
 
+
+def invert_pairs(model, latents, timesteps, cond, generator, *, steps: int, renoise_steps: int, eta: float,
+                 invert_with: str = "policy", exact_t: bool = False) -> PairLatents:
+    """Each image inverted from its own clean latent x0 to its pair's timestep t, without grad, by
+    ``diffalign.diffusion.inversion.ddim_invert`` on the N = ``steps`` grid (``renoise_steps`` ReNoise
+    refinements per step, ``eta`` sigma_k noise after each step drawn from ``generator``, landing
+    exactly on t with ``exact_t``), with the current policy or, ``invert_with="reference"``, the frozen
+    reference.
+
+    The latents are x_tilde; the target is tau = (x_tilde - sqrt(abar_t) x0) / sqrt(1 - abar_t) for
+    epsilon-prediction models and, for v-prediction models (not in the official code), the velocity
+    sqrt(abar_t) tau - sqrt(1 - abar_t) x0 of the same (x_tilde, x0); the inversion then uses the
+    noise the v-prediction implies."""
+    network = model.policy_no_grad if invert_with == "policy" else model.reference
+
+    def eps_model(z, inversion_timesteps, rows):
+        prediction = network(z, inversion_timesteps, cond.map(lambda tensor: tensor[rows]))
+        return model.epsilon(prediction, z, inversion_timesteps)
+
+    result = ddim_invert(
+        eps_model,
+        latents,
+        timesteps,
+        model.alphas_cumprod,
+        inversion_grid(steps, model.num_train_timesteps),
+        renoise_steps=renoise_steps,
+        eta=eta,
+        generator=generator,
+        exact_t=exact_t,
+    )
+    target = model.target(latents, result.target, timesteps)
+    return PairLatents(result.latents, target, timesteps, cond, image_forwards=result.image_forwards)
+
+
+def denoising_metrics(policy_chosen, policy_rejected, ref_chosen=None, ref_rejected=None) -> dict[str, torch.Tensor]:
+    """The mean squared denoising errors (= -2 x the scores) of winners and losers: ``diffusion/mse_w``,
+    ``diffusion/mse_l`` of the policy and, given the reference's scores, ``diffusion/ref_mse_w/_l``."""
+    metrics = {"diffusion/mse_w": (-2 * policy_chosen).detach().mean(), "diffusion/mse_l": (-2 * policy_rejected).detach().mean()}
+    if ref_chosen is not None:
+        metrics.update({"diffusion/ref_mse_w": (-2 * ref_chosen).mean(), "diffusion/ref_mse_l": (-2 * ref_rejected).mean()})
+    return metrics

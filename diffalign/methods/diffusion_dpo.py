@@ -15,12 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from diffalign.methods.base import MethodConfig, register_method
-from diffalign.methods.denoising import PairwiseDenoisingMethod, reference_metrics
+from diffalign.methods.denoising import CAPTION_DROPOUT_HELP, DenoisingMethod, denoising_metrics, forward_noised_pairs, stack_pairs
 from diffalign.objectives import dpo_loss
 from diffalign.options import option
-
-
-CAPTION_DROPOUT_HELP = "probability of replacing a pair's caption by the empty one (classifier-free guidance)"
 
 
 @dataclass
@@ -31,23 +28,18 @@ class DiffusionDPOConfig(MethodConfig):
 
 
 @register_method
-class DiffusionDPO(PairwiseDenoisingMethod):
+class DiffusionDPO(DenoisingMethod):
     name = "diffusion-dpo"
     summary = "Diffusion-DPO: sigmoid DPO on denoising errors against a frozen reference (pairs)"
     config_class = DiffusionDPOConfig
+    data_format = "image_pairs"
     needs_reference = True
 
-    def objective(self, model, pair, policy_chosen, policy_rejected, inputs):
-        ref_chosen, ref_rejected = pair.logps(model.reference(pair.noisy, pair.timesteps, pair.cond))
-        output = dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta=self.beta_for(model),
-                          sample_weight=self.sample_weight(inputs))
-        output.metrics.update(reference_metrics(ref_chosen, ref_rejected))
+    def compute_loss(self, model, inputs, generator=None):
+        latents, timesteps, cond = stack_pairs(model, inputs, generator)
+        pairs = forward_noised_pairs(model, latents, timesteps, cond, generator)
+        policy_chosen, policy_rejected = pairs.logps(model.policy)
+        ref_chosen, ref_rejected = pairs.logps(model.reference)
+        output = dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta=self.config.beta)
+        output.metrics.update(denoising_metrics(policy_chosen, policy_rejected, ref_chosen, ref_rejected))
         return output
-
-    def beta_for(self, model) -> float:
-        """beta for this model (InPO/SmPO pick the official value per model family)."""
-        return self.config.beta
-
-    def sample_weight(self, inputs):
-        """Per-pair multiplier of beta (None = 1); SmPO's smoothed weight overrides this."""
-        return None

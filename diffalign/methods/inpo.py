@@ -2,7 +2,8 @@
 Diffusion-DPO on DDIM-inverted latents (research/diffusion_methods_A.md §5).
 
 For each pair, with the timestep t shared and each image inverted from its own clean latent x0 by
-the current policy (no grad) with ``diffalign.diffusion.inversion.ddim_invert``::
+the current policy (no grad) with ``diffalign.diffusion.inversion.ddim_invert`` (through
+``diffalign.methods.denoising.invert_pairs``)::
 
     x_tilde = Inv_{eta}(x0; t)   (N = 10 grid, one UNet call per step, + 0.1 sigma_k xi after each step)
     tau     = (x_tilde - sqrt(abar_t) x0) / sqrt(1 - abar_t)
@@ -21,7 +22,8 @@ with 200 warm-up steps, 400 steps, Adafactor for SDXL, fp16.
 
 Open questions (spec §8), resolved as recommended: the current policy inverts (Q14; ``invert_with=
 "reference"`` is offered), the level mismatch L(t) != t is reproduced (Q15; ``exact_t`` lands on t),
-diffusers-0.20 inverse-scheduler semantics implemented here, not taken from the library (Q16), the
+diffusers-0.20 inverse-scheduler semantics implemented in ``diffalign.diffusion.inversion``, not taken
+from the library (Q16), the
 inversion and tau in float32 with abar from float64 (Q18), no x0 clamping (Q19), eta = 0.1 (Q20).
 The SFT initialisation of the SD1.5 launchers is not published (Q22): start from the base model or a
 ``diffalign train --method sft`` stage.
@@ -30,13 +32,13 @@ The SFT initialisation of the SD1.5 launchers is not published (Q22): start from
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import ClassVar, Optional
 
 import torch
 
-from diffalign.diffusion.inversion import ddim_invert, inversion_grid
 from diffalign.methods.base import MethodConfig, register_method
-from diffalign.methods.diffusion_dpo import CAPTION_DROPOUT_HELP, DiffusionDPO
+from diffalign.methods.denoising import CAPTION_DROPOUT_HELP, DenoisingMethod, denoising_metrics, invert_pairs, stack_pairs
+from diffalign.objectives import dpo_loss
 from diffalign.options import option
 
 FAMILY_BETA = {"sd": 2000.0, "sdxl": 5000.0}
@@ -47,7 +49,10 @@ INVERTERS = ("policy", "reference")
 
 @dataclass
 class InversionDPOConfig(MethodConfig):
-    """Shared by InPO and SmPO. ``beta`` / ``inversion_steps`` None: the official value for the family."""
+    """The options InPO and SmPO share. ``beta`` / ``inversion_steps`` None: the official value for the
+    model family (``beta_for``, ``inversion_steps_for``; each method's config sets its grid sizes)."""
+
+    official_inversion_steps: ClassVar[dict[str, int]]
 
     beta: Optional[float] = option("DPO temperature (default: the official value for the model family, 2000 SD1.x / "
                                    "5000 SDXL)", default=None, gt=0)
@@ -58,67 +63,39 @@ class InversionDPOConfig(MethodConfig):
     exact_t: bool = option("land the inversion exactly on the sampled t (the official code stops at the grid level "
                            "L(t) != t)", default=False)
 
+    def beta_for(self, family: str) -> float:
+        return FAMILY_BETA[family] if self.beta is None else self.beta
+
+    def inversion_steps_for(self, family: str) -> int:
+        return self.official_inversion_steps[family] if self.inversion_steps is None else self.inversion_steps
+
 
 @dataclass
 class InPOConfig(InversionDPOConfig):
+    official_inversion_steps: ClassVar[dict[str, int]] = {"sd": 10, "sdxl": 10}
+
     eta: float = option("noise scale added after each inversion step, in units of the DDIM posterior std "
                         "(0: deterministic inversion)", default=0.1, ge=0)
 
 
-class InversionDPO(DiffusionDPO):
-    """Diffusion-DPO whose latent provider is the inversion of each image by the model itself.
-
-    Subclasses set ``renoise_steps``, ``eta`` (through their config) and the family's grid size."""
-
-    renoise_steps = 0
-    family_inversion_steps = {"sd": 10, "sdxl": 10}
-
-    def eta(self) -> float:
-        return 0.0
-
-    def beta_for(self, model) -> float:
-        return self.config.beta if self.config.beta is not None else FAMILY_BETA[model.family]
-
-    def inversion_steps_for(self, model) -> int:
-        steps = self.config.inversion_steps
-        return steps if steps is not None else self.family_inversion_steps[model.family]
-
-    def noisy_latents_and_targets(self, model, latents, timesteps, cond, generator):
-        """(x_tilde, regression target) of every image of the [winners; losers] batch at its pair's
-        timestep: the target is tau for epsilon-prediction models and, for v-prediction models (not in
-        the official code), the velocity sqrt(abar_t) tau - sqrt(1 - abar_t) x0 of the same (x_tilde, x0);
-        the inversion then uses the noise the v-prediction implies."""
-        network = model.policy_no_grad if self.config.invert_with == "policy" else model.reference
-
-        def eps_model(z, inversion_timesteps, rows):
-            prediction = network(z, inversion_timesteps, cond.map(lambda tensor: tensor[rows]))
-            return model.epsilon(prediction, z, inversion_timesteps)
-
-        result = ddim_invert(
-            eps_model,
-            latents,
-            timesteps,
-            model.alphas_cumprod,
-            inversion_grid(self.inversion_steps_for(model), model.num_train_timesteps),
-            renoise_steps=self.renoise_steps,
-            eta=self.eta(),
-            generator=generator,
-            exact_t=self.config.exact_t,
-        )
-        self._inversion_forwards = result.image_forwards
-        return result.latents, model.target(latents, result.target, timesteps)
-
-    def objective(self, model, pair, policy_chosen, policy_rejected, inputs):
-        output = super().objective(model, pair, policy_chosen, policy_rejected, inputs)
-        output.metrics["inversion/image_forwards"] = torch.tensor(float(self._inversion_forwards))
-        return output
-
-
 @register_method
-class InPO(InversionDPO):
+class InPO(DenoisingMethod):
     name = "inpo"
     summary = "DDIM-InPO: Diffusion-DPO on latents from the policy's noisy DDIM inversion (pairs)"
     config_class = InPOConfig
+    data_format = "image_pairs"
+    needs_reference = True
 
-    def eta(self) -> float:
-        return self.config.eta
+    def compute_loss(self, model, inputs, generator=None):
+        config = self.config
+        # (x_tilde, tau) of each image at its pair's t: DDIM inversion with eta noise, no grad
+        latents, timesteps, cond = stack_pairs(model, inputs, generator)
+        pairs = invert_pairs(model, latents, timesteps, cond, generator, steps=config.inversion_steps_for(model.family),
+                             renoise_steps=0, eta=config.eta, invert_with=config.invert_with, exact_t=config.exact_t)
+        # Diffusion-DPO on those latents
+        policy_chosen, policy_rejected = pairs.logps(model.policy)
+        ref_chosen, ref_rejected = pairs.logps(model.reference)
+        output = dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta=config.beta_for(model.family))
+        output.metrics.update(denoising_metrics(policy_chosen, policy_rejected, ref_chosen, ref_rejected))
+        output.metrics["inversion/image_forwards"] = torch.tensor(float(pairs.image_forwards))
+        return output

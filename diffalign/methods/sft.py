@@ -13,8 +13,7 @@ from dataclasses import dataclass
 from diffalign.diffusion import DENOISING_LOGP_SCALE, denoising_logps
 from diffalign.diffusion.noising import sample_noise, sample_timesteps
 from diffalign.methods.base import MethodConfig, register_method
-from diffalign.methods.denoising import DenoisingMethod
-from diffalign.methods.diffusion_dpo import CAPTION_DROPOUT_HELP
+from diffalign.methods.denoising import CAPTION_DROPOUT_HELP, DenoisingMethod
 from diffalign.objectives import sft_loss
 from diffalign.options import option
 

@@ -9,7 +9,7 @@ Per pair, with both images' reward scores:
    ``kappa = gamma (2 p - 1)``, ``p = sigmoid((s_w - s_l) / (s_max - s_min))``
    (``diffalign.objectives.smoothing``; gamma = 10, PickScore-cosine s_min / s_max by default);
 2. each image is inverted from its own x0 to the pair's t by the current policy (no grad), ReNoise
-   K = 1 at every step of the diffusers-0.20 grid (``ddim_invert(renoise_steps=1)``)::
+   K = 1 at every step of the diffusers-0.20 grid (``invert_pairs(renoise_steps=1)``)::
 
        e1 = eps(z, a_k);  e2 = eps(Inv(z, e1; a_k -> b_k), a_k);  z <- Inv(z, (e1 + e2) / 2; a_k -> b_k)
        tau = (x_tilde - sqrt(abar_t) x0) / sqrt(1 - abar_t)
@@ -36,11 +36,14 @@ For a scorer other than raw PickScore cosines set ``score_min`` / ``score_max`` 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
 from diffalign.methods.base import register_method
-from diffalign.methods.inpo import InversionDPO, InversionDPOConfig
+from diffalign.methods.denoising import DenoisingMethod, denoising_metrics, invert_pairs, stack_pairs
+from diffalign.methods.inpo import InversionDPOConfig
+from diffalign.objectives import dpo_loss
 from diffalign.objectives.smoothing import PICKSCORE_MAX, PICKSCORE_MIN, SMPO_GAMMA, order_by_score, smoothed_preference_weight
 from diffalign.options import OptionError, option
 
@@ -49,6 +52,8 @@ SCORE_KEYS = ("chosen_scores", "rejected_scores")
 
 @dataclass
 class SmPOConfig(InversionDPOConfig):
+    official_inversion_steps: ClassVar[dict[str, int]] = {"sd": 5, "sdxl": 10}
+
     gamma: float = option("scale of the smoothed weight kappa = gamma (2p - 1)", default=SMPO_GAMMA, gt=0)
     score_min: float = option("reward score that normalises to 0, below --score-max (the default is the raw PickScore "
                               "cosines' minimum; set both to your scorer's range)", default=PICKSCORE_MIN)
@@ -62,33 +67,44 @@ class SmPOConfig(InversionDPOConfig):
 
 
 @register_method
-class SmPO(InversionDPO):
+class SmPO(DenoisingMethod):
     name = "smpo"
     summary = "SmPO: smoothed (reward-score) DPO on ReNoise-refined DDIM-inverted latents (scored pairs)"
     config_class = SmPOConfig
     data_format = "scored_image_pairs"
-    renoise_steps = 1
-    family_inversion_steps = {"sd": 5, "sdxl": 10}
+    needs_reference = True
 
     def compute_loss(self, model, inputs, generator=None):
-        missing = [key for key in SCORE_KEYS if key not in inputs]
-        if missing:
-            raise KeyError(
-                f"smpo needs both images' reward scores but the batch has no {', '.join(missing)}: use scored pairs "
-                "(jsonl chosen_score / rejected_score from `diffalign score` / `diffalign pairs`, or ps_score_0 / ps_score_1 columns)"
-            )
+        config = self.config
+        check_scores(inputs)
+        # 1. the higher-scored image is the winner; kappa = gamma (2p - 1) per pair
         swap = order_by_score(inputs["chosen_scores"].float(), inputs["rejected_scores"].float())
         inputs = swap_pairs(inputs, swap)
-        output = super().compute_loss(model, inputs, generator)
-        kappa = self.sample_weight(inputs)
+        kappa = smoothed_preference_weight(inputs["chosen_scores"].float(), inputs["rejected_scores"].float(),
+                                           config.score_min, config.score_max, config.gamma)
+        # 2. (x_tilde, tau) of each image at its pair's t: ReNoise-refined inversion, no grad
+        latents, timesteps, cond = stack_pairs(model, inputs, generator)
+        pairs = invert_pairs(model, latents, timesteps, cond, generator, steps=config.inversion_steps_for(model.family),
+                             renoise_steps=1, eta=0.0, invert_with=config.invert_with, exact_t=config.exact_t)
+        # 3. Diffusion-DPO on those latents with beta scaled by kappa
+        policy_chosen, policy_rejected = pairs.logps(model.policy)
+        ref_chosen, ref_rejected = pairs.logps(model.reference)
+        output = dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta=config.beta_for(model.family),
+                          sample_weight=kappa)
+        output.metrics.update(denoising_metrics(policy_chosen, policy_rejected, ref_chosen, ref_rejected))
+        output.metrics["inversion/image_forwards"] = torch.tensor(float(pairs.image_forwards))
         output.metrics["smpo/kappa"] = kappa.mean()
         output.metrics["smpo/swapped_to_score_winner"] = swap.float().mean()
         return output
 
-    def sample_weight(self, inputs):
-        return smoothed_preference_weight(
-            inputs["chosen_scores"].float(), inputs["rejected_scores"].float(),
-            self.config.score_min, self.config.score_max, self.config.gamma,
+
+def check_scores(inputs: dict) -> None:
+    """KeyError naming the reward scores the batch lacks."""
+    missing = [key for key in SCORE_KEYS if key not in inputs]
+    if missing:
+        raise KeyError(
+            f"smpo needs both images' reward scores but the batch has no {', '.join(missing)}: use scored pairs "
+            "(jsonl chosen_score / rejected_score from `diffalign score` / `diffalign pairs`, or ps_score_0 / ps_score_1 columns)"
         )
 
 

@@ -4,13 +4,13 @@ arXiv 2406.06424; code ``mapo-t2i/mapo`` ``utils.py::compute_loss``).
 With per-sample errors m = -logp / logp_scale (the mean squared denoising error when the scores come
 from ``denoising_logps``, logp_scale = 1/2):
 
-    phi(m) = snr * m / (exp(snr * m) - 1)
+    phi(m) = s * m / (exp(s * m) - 1)          (s = link_temperature)
     L      = mean(m_w) - beta * mean(log sigmoid(margin_scale * (phi(m_w) - phi(m_l))))
 
-The defaults (beta = 0.1, margin_scale = 1000 = num_train_timesteps, snr = 0.5) are the official
-code's constants, which produced the released checkpoints. The paper's v2 text uses another family
-(link temperature beta in {8..1024}, weight 1/beta, no x1000): set snr = beta, margin_scale = 1 and
-beta = 1/beta to get it (research/diffusion_methods_A.md §3.4, Q10).
+The defaults (beta = 0.1, margin_scale = 1000 = num_train_timesteps, link_temperature = 0.5) are the
+official code's constants, which produced the released checkpoints. The paper's v2 text uses another
+family (link temperature beta in {8..1024}, weight 1/beta, no x1000): set link_temperature = beta,
+margin_scale = 1 and beta = 1/beta to get it (research/diffusion_methods_A.md §3.4, Q10).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def mapo_loss(
     policy_rejected_logps: torch.Tensor,
     beta: float = 0.1,
     margin_scale: float = 1000.0,
-    snr: float = 0.5,
+    link_temperature: float = 0.5,
     logp_scale: float = 0.5,
 ) -> ObjectiveOutput:
     """Reference-free MaPO on (B,) policy scores; see the module docstring for the equation.
@@ -52,8 +52,8 @@ def mapo_loss(
     pc, pr = as_float32(policy_chosen_logps, policy_rejected_logps)
     error_chosen = -pc / logp_scale
     error_rejected = -pr / logp_scale
-    score_chosen = bose_link(snr * error_chosen)
-    score_rejected = bose_link(snr * error_rejected)
+    score_chosen = bose_link(link_temperature * error_chosen)
+    score_rejected = bose_link(link_temperature * error_rejected)
     margin_losses = -beta * F.logsigmoid(margin_scale * (score_chosen - score_rejected))
     losses = error_chosen + margin_losses
     metrics = preference_metrics(score_chosen, score_rejected)

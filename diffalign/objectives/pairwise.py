@@ -163,12 +163,11 @@ class PairwiseLossSpec:
     length_normalized: bool = False
     f_divergence: bool = False
     batch_coupled: bool = False
-    in_trl_dpo: bool = True
 
 
 PAIRWISE_LOSSES: dict[str, PairwiseLossSpec] = {
     "sigmoid": PairwiseLossSpec(_sigmoid, "optional", f_divergence=True),
-    "cdpo": PairwiseLossSpec(_cdpo, "optional", label_smoothing=True, f_divergence=True, in_trl_dpo=False),
+    "cdpo": PairwiseLossSpec(_cdpo, "optional", label_smoothing=True, f_divergence=True),
     "robust": PairwiseLossSpec(_robust, "required", label_smoothing=True, f_divergence=True),
     "hinge": PairwiseLossSpec(_hinge, "optional", f_divergence=True),
     "ipo": PairwiseLossSpec(_ipo, "optional", length_normalized=True, f_divergence=True),
@@ -182,7 +181,7 @@ PAIRWISE_LOSSES: dict[str, PairwiseLossSpec] = {
     "apo_down": PairwiseLossSpec(_apo_down, "required"),
     "discopop": PairwiseLossSpec(_discopop, "required", f_divergence=True),
     "sigmoid_norm": PairwiseLossSpec(_sigmoid, "required", length_normalized=True, f_divergence=True),
-    "simpo": PairwiseLossSpec(_simpo, "forbidden", label_smoothing=True, length_normalized=True, in_trl_dpo=False),
+    "simpo": PairwiseLossSpec(_simpo, "forbidden", label_smoothing=True, length_normalized=True),
 }
 
 

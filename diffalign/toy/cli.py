@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from dataclasses import fields
 
 
@@ -56,7 +55,8 @@ def _key_value(text: str):
 
 
 def add_demo_command(subparsers) -> None:
-    from diffalign.toy.demo import EVAL_SPLITS, DemoConfig
+    from diffalign.toy.demo import DemoConfig
+    from diffalign.toy.evaluation import EVAL_SPLITS
 
     defaults = DemoConfig()
     demo = subparsers.add_parser(
@@ -92,11 +92,7 @@ def run_demo_command(args) -> int:
     from diffalign.toy.demo import DemoConfig, run_demo
 
     config = _config_from_args(DemoConfig, args, method_args=dict(args.method_arg), progress=not args.no_progress)
-    try:
-        report = run_demo(config)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"diffalign demo: error: {error}", file=sys.stderr)
-        return 2
+    report = run_demo(config)  # a UserError: one line and exit code 2 (diffalign.cli.main)
     print(f"{report['method']}: reward {report['reward_before']:.4f} -> {report['reward_after']:.4f}, "
           f"win rate {report['win_rate']:.3f} on {report['n_prompts']} {report['eval_split']} prompts ({report['n_comparisons']} images each)")
     print(f"report: {args.output_dir}/report.md")

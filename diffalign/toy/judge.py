@@ -40,6 +40,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from diffalign.errors import UsageError
 from diffalign.rewards.base import Scorer, register_scorer
 from diffalign.toy import world
 
@@ -129,7 +130,7 @@ class ToyJudge(Scorer):
 
     def __init__(self, **options):
         if options:
-            raise TypeError(f"the toy judge takes no options, got {sorted(options)}")
+            raise UsageError(f"the toy judge takes no options, got {sorted(options)}")
 
     def score(self, images: Sequence[Image.Image], prompts: Sequence[str]) -> torch.Tensor:
         if len(images) != len(prompts):

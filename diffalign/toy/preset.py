@@ -25,6 +25,7 @@ from typing import Sequence
 import torch
 from PIL import Image
 
+from diffalign.errors import ModelNotFoundError
 from diffalign.toy import world
 from diffalign.tiny import small_clip_tokenizer, tiny_scheduler, tiny_text_encoder, tiny_unet
 
@@ -97,7 +98,7 @@ def load_toy_pipeline(path: str | Path | None = None):
 
     path = Path(path) if path is not None else TOY_MODEL_DIR
     if not (path / "model_index.json").is_file():
-        raise FileNotFoundError(
+        raise ModelNotFoundError(
             f"no diffusers pipeline at {path} (model_index.json missing); rebuild the toy preset with "
             f"`diffalign toy pretrain --output {TOY_MODEL_DIR}`"
         )

@@ -26,9 +26,10 @@ import hashlib
 import itertools
 import random
 from dataclasses import dataclass
-from typing import Iterator
 
 from PIL import Image, ImageDraw
+
+from diffalign.errors import UsageError
 
 RESOLUTION = 32
 SUPERSAMPLE = 4
@@ -88,7 +89,7 @@ def all_captions() -> list[str]:
 
 
 def parse_caption(caption: str) -> Scene:
-    """Inverse of ``Scene.caption``; raises ``ValueError`` naming the caption if it is not in the grammar."""
+    """Inverse of ``Scene.caption``; raises ``UsageError`` (a ``ValueError``) naming the caption if it is not in the grammar."""
     text = " ".join(caption.strip().lower().split())
     for position in POSITIONS:
         marker = f" {position} on a "
@@ -98,7 +99,7 @@ def parse_caption(caption: str) -> Scene:
             words = head.split(" ")
             if len(words) == 3 and words[0] in SIZES and words[1] in COLOURS and words[2] in SHAPES and background in BACKGROUNDS:
                 return Scene(words[0], words[1], words[2], position, background)
-    raise ValueError(f"caption {caption!r} is not in the toy grammar: 'a {{size}} {{colour}} {{shape}} {{position}} on a {{background}} background'")
+    raise UsageError(f"caption {caption!r} is not in the toy grammar: 'a {{size}} {{colour}} {{shape}} {{position}} on a {{background}} background'")
 
 
 def is_held_out(caption: str) -> bool:
@@ -158,11 +159,3 @@ def render(caption: str | Scene, seed: int = 0, resolution: int = RESOLUTION) ->
     else:
         draw.polygon(polygon, fill=colour)
     return image.resize((resolution, resolution), Image.Resampling.BOX)
-
-
-def iter_training_examples(prompts: list[str], seed: int) -> Iterator[tuple[str, Image.Image]]:
-    """An endless deterministic stream of (caption, rendered image) over ``prompts``."""
-    rng = random.Random(seed)
-    while True:
-        caption = prompts[rng.randrange(len(prompts))]
-        yield caption, render(caption, seed=rng.randrange(2**31))

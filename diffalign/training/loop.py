@@ -36,6 +36,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from diffalign.data.errors import disk_space_errors
+from diffalign.errors import UsageError, UserError
 from diffalign.methods.base import get_method_class
 from diffalign.training.checkpoints import save_checkpoint
 from diffalign.training.config import TrainConfig
@@ -52,7 +53,7 @@ MODALITIES = {"diffusion": DiffusionModality, "text": TextModality}
 MIXED_PRECISION_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(UserError, FloatingPointError):
     pass
 
 
@@ -62,7 +63,7 @@ def build_method(config: TrainConfig):
     known = {field.name for field in dataclasses.fields(method_class.config_class)}
     unknown = sorted(set(config.method_args) - known)
     if unknown:
-        raise ValueError(f"method {config.method!r} has no option(s) {', '.join(unknown)}; its options: {', '.join(sorted(known)) or 'none'}")
+        raise UsageError(f"method {config.method!r} has no option(s) {', '.join(unknown)}; its options: {', '.join(sorted(known)) or 'none'}")
     return method_class(method_class.config_class(**config.method_args))
 
 
@@ -83,7 +84,7 @@ def _train(config: TrainConfig) -> dict[str, Any]:
     if config.mixed_precision not in MIXED_PRECISION_DTYPES:
         raise ValueError(f"--mixed-precision must be one of {', '.join(MIXED_PRECISION_DTYPES)}")
     if config.mixed_precision == "fp16" and not torch.cuda.is_available():
-        raise ValueError("--mixed-precision fp16 needs a CUDA GPU (CPU autocast does not cover it); use bf16 or no")
+        raise UsageError("--mixed-precision fp16 needs a CUDA GPU (CPU autocast does not cover it); use bf16 or no")
     method = build_method(config)
     modality = MODALITIES[method.modality]()
     accelerator = Accelerator(mixed_precision=config.mixed_precision, log_with=config.report_to or None,

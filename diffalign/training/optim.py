@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from diffalign.errors import UsageError
 from diffalign.training.config import TrainConfig
 
 OPTIMIZERS = ("adamw", "adafactor", "adamw8bit")
@@ -39,7 +40,7 @@ def build_optimizer(config: TrainConfig, parameters, learning_rate: float) -> to
         try:
             import bitsandbytes
         except ImportError as error:
-            raise ValueError("--optimizer adamw8bit needs bitsandbytes (pip install bitsandbytes; CUDA only)") from error
+            raise UsageError("--optimizer adamw8bit needs bitsandbytes (pip install bitsandbytes; CUDA only)") from error
         return bitsandbytes.optim.AdamW8bit(parameters, lr=learning_rate, betas=(config.adam_beta1, config.adam_beta2),
                                             weight_decay=config.adam_weight_decay, eps=config.adam_epsilon)
     raise ValueError(f"unknown optimizer {config.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
@@ -52,4 +53,4 @@ def build_lr_scheduler(config: TrainConfig, optimizer):
         return get_scheduler(config.lr_scheduler, optimizer, num_warmup_steps=config.lr_warmup_steps,
                              num_training_steps=config.max_steps)
     except ValueError as error:
-        raise ValueError(f"--lr-scheduler {config.lr_scheduler!r}: {error}") from error
+        raise UsageError(f"--lr-scheduler {config.lr_scheduler!r}: {error}") from error

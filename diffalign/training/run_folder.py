@@ -71,6 +71,7 @@ import socket
 import time
 from typing import Any, Optional
 
+from diffalign.errors import UserError
 from diffalign.training.checkpoints import STATE_FILE, checkpoints_dir, list_checkpoints, read_state
 
 LOCK_FILE = "diffalign.lock"
@@ -99,7 +100,7 @@ SCHEDULES_WITHOUT_MAX_STEPS = frozenset({"constant", "constant_with_warmup", "pi
 LAUNCHER_ENV = ("TORCHELASTIC_RUN_ID", "LOCAL_RANK")
 
 
-class RunFolderError(ValueError):
+class RunFolderError(UserError, ValueError):
     """The output folder or the resume settings do not allow this run (the CLI prints it, exit code 2)."""
 
 

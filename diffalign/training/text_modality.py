@@ -6,7 +6,7 @@ from __future__ import annotations
 from diffalign.data import TextOptions, get_format
 from diffalign.data.errors import DataError
 from diffalign.data.tables import read_table
-from diffalign.errors import ModelLoadError
+from diffalign.errors import ModelLoadError, UsageError
 from diffalign.hub import hub_unavailable_as_error, require_cached_when_offline
 from diffalign.text.model import TextModel
 from diffalign.training.config import TrainConfig
@@ -22,7 +22,7 @@ def load_tokenizer(path: str, revision=None):
     tokenizer = AutoTokenizer.from_pretrained(path, revision=revision)
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
-            raise ValueError(f"the tokenizer of {path} has neither a pad nor an EOS token")
+            raise ModelLoadError(f"the tokenizer of {path} has neither a pad nor an EOS token")
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
@@ -61,7 +61,7 @@ class TextModality(Modality):
         from transformers import AutoModelForCausalLM
 
         if config.attention not in ATTENTION:
-            raise ValueError(f"--attention {config.attention!r} is not available for text models; use sdpa or native")
+            raise UsageError(f"--attention {config.attention!r} is not available for text models; use sdpa or native")
         policy = _loading(config, lambda: AutoModelForCausalLM.from_pretrained(
             config.model, revision=config.revision, attn_implementation=ATTENTION[config.attention]))
         if config.gradient_checkpointing:

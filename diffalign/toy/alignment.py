@@ -1,0 +1,94 @@
+"""Alignment: train a method on the toy preset, with the toy world's training settings.
+
+``TOY_TRAINING`` holds the learning rate and method options per method on the toy preset (everything
+else: the method's own defaults and ``TrainConfig``'s). They were chosen with ``diffalign demo
+--eval-split validation`` (training-split prompts that built no pair), never on the held-out prompts;
+the runs that chose them are listed in the README's toy-world section. ``toy_train_config`` adds
+what every toy run shares (32x32, no flips, constant learning rate after a 10 % warm-up, one
+checkpoint at the end); ``align`` trains with it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from diffalign.errors import UsageError
+from diffalign.toy import world
+
+TOY_TRAINING: dict[str, dict[str, Any]] = {
+    "diffusion-dpo": {"learning_rate": 2e-5, "method_args": {"beta": 5000.0, "caption_dropout": 0.0}},
+    "mapo": {"learning_rate": 1e-5, "method_args": {}},
+    "sft": {"learning_rate": 1e-5, "method_args": {}},
+}
+DEFAULT_TOY_LEARNING_RATE = 1e-5
+
+
+def check_method(name: str, formats: Sequence[str], data: str = "image pairs", demo: str = "the demo"):
+    """The registered diffusion method ``name`` if its data contract is one of ``formats``; otherwise a
+    ``ValueError`` listing the methods that fit (``data`` and ``demo`` name them in the message)."""
+    from diffalign.methods.base import registered_methods
+
+    methods = registered_methods()
+    fitting = sorted(n for n, m in methods.items() if m.modality == "diffusion" and m.data_format in formats)
+    if name not in fitting:
+        reason = "is not a registered method" if name not in methods else f"does not train on {data} ({methods[name].data_format})"
+        raise UsageError(f"--method {name!r} {reason}; methods that fit {demo}: {', '.join(fitting)}")
+    return methods[name]
+
+
+def training_settings(method: str, learning_rate: Optional[float] = None, method_args: Optional[dict] = None) -> tuple[float, dict]:
+    """The learning rate (``learning_rate`` if set, else ``TOY_TRAINING``'s or the default) and the
+    method options (``TOY_TRAINING``'s, overridden by ``method_args``)."""
+    toy = TOY_TRAINING.get(method, {})
+    return (learning_rate or toy.get("learning_rate", DEFAULT_TOY_LEARNING_RATE),
+            {**toy.get("method_args", {}), **(method_args or {})})
+
+
+def toy_train_config(
+    method: str,
+    model: str,
+    data: str | Path,
+    output_dir: str | Path,
+    steps: int,
+    batch_size: int,
+    seed: int,
+    learning_rate: Optional[float] = None,
+    method_args: Optional[dict] = None,
+    progress: bool = True,
+):
+    """The ``TrainConfig`` of a toy run: ``training_settings``, then the settings every toy run shares."""
+    from diffalign.training import TrainConfig
+
+    learning_rate, method_args = training_settings(method, learning_rate, method_args)
+    return TrainConfig(
+        method=method,
+        model=model,
+        data=str(data),
+        output_dir=str(output_dir),
+        overwrite=True,  # a demo's own folder: a second demo into the same --output-dir replaces its model
+        method_args=method_args,
+        resolution=world.RESOLUTION,
+        random_flip=False,  # a flip turns "on the left" into "on the right"
+        center_crop=True,
+        learning_rate=learning_rate,
+        lr_scheduler="constant_with_warmup",
+        lr_warmup_steps=max(1, steps // 10),
+        max_steps=steps,
+        train_batch_size=batch_size,
+        seed=seed,
+        checkpointing_steps=steps,
+        checkpoints_total_limit=1,
+        progress_bar=progress,
+    )
+
+
+def align(train_config) -> dict:
+    """``diffalign.training.train`` on ``train_config``; its summary, with the ``learning_rate`` and
+    ``method_args`` it trained with."""
+    from diffalign.training import train
+
+    summary = train(train_config)
+    summary["learning_rate"] = train_config.learning_rate
+    summary["method_args"] = train_config.method_args
+    return summary
