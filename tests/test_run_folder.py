@@ -76,7 +76,7 @@ def test_overwrite_clears_the_run_and_keeps_other_files(tiny_model_dir, pair_jso
     (tmp_path / "slurm-1.out").write_text("a scheduler's log\n")
     code, out, _ = run_cli(capsys, command(tiny_model_dir, pair_jsonl, tmp_path, "--overwrite"))
     assert code == 0
-    assert f"--overwrite: removed the previous run from {tmp_path} (checkpoints, data_report.json" in out
+    assert f"--overwrite: removed the previous run from {tmp_path} (README.md, checkpoints, data_report.json" in out
     assert [step for step, _ in list_checkpoints(tmp_path)] == [2]  # no step-3 of the old run left behind
     assert steps(tmp_path) == [1, 2]
     assert (tmp_path / "slurm-1.out").read_text() == "a scheduler's log\n"

@@ -41,6 +41,7 @@ from diffalign.methods.base import get_method_class
 from diffalign.training.checkpoints import save_checkpoint
 from diffalign.training.config import TrainConfig
 from diffalign.training.metrics_log import MetricsLog
+from diffalign.training.model_card import CARD_FILE, write_model_card
 from diffalign.training.run_folder import closing_run_folders, open_run_folder
 from diffalign.training.diffusion_modality import DiffusionModality
 from diffalign.training.text_modality import TextModality
@@ -71,7 +72,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
     """Train ``config.method`` on ``config.model`` and ``config.data``; returns a summary.
 
     Writes ``<output_dir>/metrics.jsonl``, ``checkpoints/step-N``, ``run_config.json``,
-    ``data_report.json`` and the export (see the modality's ``export``).
+    ``data_report.json``, the export (see the modality's ``export``) and its model card ``README.md``.
     """
     with library_progress_bars(config.progress_bar), closing_run_folders():  # the output folder's lock released
         return _train(config)
@@ -174,6 +175,11 @@ def _train(config: TrainConfig) -> dict[str, Any]:
         with disk_space_errors(config.output_dir, lambda: _float32_bytes(unwrapped), "the trained model",
                                hint="free some space or choose another --output-dir"):
             model.export(config.output_dir, unwrapped)
+            if CARD_FILE not in run.kept:  # after the export (which may write its own card); never a user's README.md
+                write_model_card(
+                    config.output_dir, config, method, rows=len(dataset), skipped=skipped.counts if skipped is not None else {},
+                    effective_batch_size=config.train_batch_size * config.gradient_accumulation_steps * accelerator.num_processes,
+                    learning_rate=learning_rate, final_metrics=record)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     summary = {
