@@ -147,3 +147,24 @@ def test_cache_command_errors(tiny_model_dir, pair_jsonl, sd_cache, tmp_path):
     result = run_cli("cache", "--model", tiny_model_dir("sd"), "--data", str(tmp_path / "none.jsonl"), "--output",
                      str(tmp_path / "d"))
     assert result.returncode == 2 and "none.jsonl" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_captioned_images_cache_their_negative_prompts(tiny_model_dir, tmp_path):
+    images = write_pair_images(tmp_path, 2)
+    data = write_jsonl(tmp_path / "captioned.jsonl", [
+        {"image": images[0]["chosen"], "prompt": "a red circle", "negative_prompts": ["a blue circle", "a red square"]},
+        {"image": images[1]["chosen"], "prompt": "a green square"},  # no negative prompt: zero rows
+    ])
+    build_cache(tiny_model_dir("sd"), data, tmp_path / "cache")
+    from diffalign.data import ImageOptions, get_format, read_table
+    from diffalign.diffusion.model import DiffusionModel
+
+    model = DiffusionModel.from_pretrained(tiny_model_dir("sd"), reference=None)
+    batches = []
+    for table in (read_table(data), LatentCache(str(tmp_path / "cache")).table()):
+        dataset, collate = get_format("captioned_images").build(table, ImageOptions(resolution=64, random_flip=False))
+        batches.append(model.encode_batch(collate([dataset[0], dataset[1]]), torch.Generator().manual_seed(0)))
+    from_images, from_cache = batches
+    assert from_cache["negative_counts"].tolist() == [2, 0]
+    torch.testing.assert_close(from_cache["negative_cond"].prompt_embeds, from_images["negative_cond"].prompt_embeds)
+    torch.testing.assert_close(from_cache["image_latents"], from_images["image_latents"], rtol=1e-5, atol=1e-6)

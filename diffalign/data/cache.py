@@ -114,11 +114,11 @@ class LatentCache:
         return self.texts.row(self.prompt_index[prompt])
 
     def conditioning_rows(self, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
-        """The conditioning of several prompts, stacked (zero rows for no prompt)."""
-        empty = self.conditioning("")
+        """The conditioning of several prompts, stacked (zero rows, shaped like the empty prompt's, for none)."""
         rows = [self.conditioning(prompt) for prompt in prompts]
-        return {name: torch.stack([row[name] for row in rows]) if rows else tensor.new_zeros((0, *tensor.shape))
-                for name, tensor in empty.items()}
+        if rows:
+            return {name: torch.stack([row[name] for row in rows]) for name in rows[0]}
+        return {name: tensor[:0] for name, tensor in self.empty_conditioning().items()}
 
     def check_compatible(self, encoders: dict[str, str], resolution: Optional[int], center_crop: bool,
                          random_flip: bool) -> int:
