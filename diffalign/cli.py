@@ -3,6 +3,7 @@
     diffalign train --method NAME --model PATH_OR_ID --data PATH_OR_ID [options] [--config run.yaml]
     diffalign methods
     diffalign cache --model PATH_OR_ID --data PATH_OR_ID --output DIR [--resolution R]
+    diffalign generate --model PATH_OR_ID --prompts FILE_OR_TEXT --out DIR [--negative-model NEG] [options]
     accelerate launch -m diffalign train ...
 
 ``train`` flags are the fields of ``TrainConfig`` plus the chosen method's config fields
@@ -61,6 +62,7 @@ def _add_plugin_commands(subparsers) -> None:
     for module_name, functions in (
         ("diffalign.rewards.cli", ("add_score_command", "add_pairs_command")),
         ("diffalign.toy.cli", ("add_toy_command", "add_demo_command")),
+        ("diffalign.pipelines.cli", ("add_generate_command",)),
     ):
         try:
             module = importlib.import_module(module_name)
@@ -128,7 +130,7 @@ def run_cache(args) -> int:
     from diffalign.diffusion.fingerprint import encoder_fingerprint
     from diffalign.diffusion.model import DiffusionModel
     from diffalign.methods.base import get_method_class
-    from diffalign.training.progress import library_progress_bars
+    from diffalign.progress import library_progress_bars
 
     started = time.time()
     if args.num_threads is not None:
@@ -212,6 +214,8 @@ def parse_train_config(argv: Sequence[str]):
         config = TrainConfig(**values, method_args=method_args)
         if config.reference != "auto" and not method_class.needs_reference:
             raise OptionError("reference", f"is not used by {method_name}, which has no reference model")
+        if config.reference != "auto" and method_class.ema_reference:
+            raise OptionError("reference", f"is not used by {method_name}, whose reference is an EMA of the trained model")
         return config
     except OptionError as error:
         if error.option in from_file and error.option not in from_flags:

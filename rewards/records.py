@@ -24,6 +24,7 @@ import json
 import os
 import re
 from dataclasses import dataclass, field
+from typing import Any, Iterator
 
 from diffalign.errors import UserError
 
@@ -89,9 +90,9 @@ def read_prompts_file(path: str) -> list[str]:
         raise RecordError(f"cannot read prompts file {path}: {error.strerror or error}") from error
 
 
-def _read_jsonl(path: str, prompt: str | None) -> list[ImageRecord]:
-    root = os.path.dirname(os.path.abspath(path))
-    records = []
+def read_jsonl_rows(path: str) -> Iterator[tuple[str, Any]]:
+    """``(where, row)`` for each non-empty line of a jsonl file: ``where`` is ``path:line`` (for error
+    messages), ``row`` the parsed JSON value. A line that is not JSON is a ``RecordError`` naming it."""
     with open(path, encoding="utf-8") as handle:
         for line_number, line in enumerate(handle, start=1):
             if not line.strip():
@@ -101,12 +102,19 @@ def _read_jsonl(path: str, prompt: str | None) -> list[ImageRecord]:
                 row = json.loads(line)
             except json.JSONDecodeError as error:
                 raise RecordError(f"{where}: invalid JSON ({error.msg})") from error
-            if not isinstance(row, dict) or not isinstance(row.get("image"), str):
-                raise RecordError(f"{where}: missing string field 'image'")
-            row_prompt = row.get("prompt", prompt)
-            if not isinstance(row_prompt, str):
-                raise RecordError(f"{where}: missing string field 'prompt' (or pass --prompt)")
-            records.append(ImageRecord(os.path.join(root, row["image"]), row_prompt, where))
+            yield where, row
+
+
+def _read_jsonl(path: str, prompt: str | None) -> list[ImageRecord]:
+    root = os.path.dirname(os.path.abspath(path))
+    records = []
+    for where, row in read_jsonl_rows(path):
+        if not isinstance(row, dict) or not isinstance(row.get("image"), str):
+            raise RecordError(f"{where}: missing string field 'image'")
+        row_prompt = row.get("prompt", prompt)
+        if not isinstance(row_prompt, str):
+            raise RecordError(f"{where}: missing string field 'prompt' (or pass --prompt)")
+        records.append(ImageRecord(os.path.join(root, row["image"]), row_prompt, where))
     return records
 
 

@@ -60,3 +60,23 @@ def write_jsonl(path, records) -> str:
 def pair_jsonl(tmp_path_factory):
     folder = tmp_path_factory.mktemp("pairs")
     return write_jsonl(folder / "pairs.jsonl", write_pair_images(folder, 8))
+
+
+def perturb(module, scale: float = 0.01, seed: int = 1) -> None:
+    """Move every parameter of ``module`` by ``scale`` x N(0, 1) noise (a policy away from its reference)."""
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for parameter in module.parameters():
+            parameter.add_(scale * torch.randn_like(parameter))
+
+
+def run_shortened_demo(output_dir, method: str) -> dict:
+    """``diffalign demo --method METHOD`` at the smallest settings (4 prompts, 2 steps, 3 evaluation
+    prompts x 1 seed); returns ``report.json``."""
+    from diffalign.cli import main
+
+    code = main(["demo", "--method", method, "--output-dir", str(output_dir), "--train-prompts", "4", "--candidates", "2",
+                 "--eval-prompts", "3", "--eval-seeds", "1", "--steps", "2", "--batch-size", "2", "--threads", "1",
+                 "--no-progress"])
+    assert code == 0
+    return json.loads((output_dir / "report.json").read_text())

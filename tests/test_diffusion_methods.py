@@ -12,6 +12,8 @@ from diffalign.methods.base import get_method_class
 from diffalign.methods.denoising import forward_noised_pairs, stack_pairs
 from diffalign.training import TrainConfig, build_method
 
+from conftest import perturb
+
 
 def load(model_dir, reference="copy", lora_rank=0, attention="sdpa"):
     lora = LoraSettings(lora_rank) if lora_rank else None
@@ -55,10 +57,7 @@ def test_pairs_share_timestep_and_noise(tiny_model_dir, pair_jsonl, family):
 @pytest.mark.parametrize("family", ["sd", "sdxl"])
 def test_dpo_equals_the_official_formula(tiny_model_dir, pair_jsonl, family):
     model = load(tiny_model_dir(family))
-    torch.manual_seed(1)
-    with torch.no_grad():  # move the policy away from the reference so the loss is not ln 2
-        for parameter in model.unet.parameters():
-            parameter.add_(0.01 * torch.randn_like(parameter))
+    perturb(model.unet)  # move the policy away from the reference so the loss is not ln 2
     method = build_method(TrainConfig(method="diffusion-dpo", method_args={"beta": 5000}))
     batch = first_batch(model, pair_jsonl)
     ours = loss(method, model, batch, 7)

@@ -32,6 +32,7 @@ LAYERS: dict[str, int] = {
     "diffalign._compat": 0,
     "diffalign.options": 1,
     "diffalign.hub": 1,
+    "diffalign.progress": 1,
     "diffalign": 0,  # the package __init__ only
     "diffalign.objectives": 1,
     "diffalign.diffusion": 2,

@@ -133,3 +133,26 @@ def test_vae_encodes_in_float32_outside_autocast(tiny_model_dir, pair_jsonl, tmp
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "SEEN [(False, 'torch.float32', 'torch.float32')]" in result.stdout
+
+
+def test_lora_export_keeps_alpha(tiny_model_dir, tmp_path):
+    """A LoRA with alpha != rank reloads at its own scale alpha / rank (the adapter config is in the file)."""
+    from diffusers import StableDiffusionPipeline
+
+    from diffalign.diffusion.model import DiffusionModel, LoraSettings
+
+    model = DiffusionModel.from_pretrained(tiny_model_dir("sd"), reference=None, lora=LoraSettings(4, alpha=8), resolution=64)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, parameter in model.unet.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.1)
+    model.export(str(tmp_path), model.unet)
+    pipeline = StableDiffusionPipeline.from_pretrained(tiny_model_dir("sd"))
+    pipeline.load_lora_weights(str(tmp_path))
+    x, t, c = torch.randn(1, 4, 8, 8), torch.tensor([500]), torch.randn(1, 77, 32)
+    with torch.no_grad():
+        trained = model.unet(x, t, encoder_hidden_states=c).sample
+        reloaded = pipeline.unet(x, t, encoder_hidden_states=c).sample
+        base = StableDiffusionPipeline.from_pretrained(tiny_model_dir("sd")).unet(x, t, encoder_hidden_states=c).sample
+    assert torch.allclose(trained, reloaded, atol=1e-5) and not torch.allclose(trained, base, atol=1e-3)

@@ -27,6 +27,14 @@ class Conditioning:
         """Conditioning for a [winners; losers] batch: the same prompt conditions both halves."""
         return self.map(lambda tensor: torch.cat([tensor, tensor], dim=0))
 
+    @staticmethod
+    def concat(parts: Sequence["Conditioning"]) -> "Conditioning":
+        """The rows of ``parts`` one after the other (one batched forward over several conditionings)."""
+        added = None
+        if parts[0].added_cond_kwargs is not None:
+            added = {key: torch.cat([part.added_cond_kwargs[key] for part in parts]) for key in parts[0].added_cond_kwargs}
+        return Conditioning(torch.cat([part.prompt_embeds for part in parts]), added)
+
     def map(self, function) -> "Conditioning":
         added = None if self.added_cond_kwargs is None else {k: function(v) for k, v in self.added_cond_kwargs.items()}
         return Conditioning(function(self.prompt_embeds), added)

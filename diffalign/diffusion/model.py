@@ -14,7 +14,10 @@ loaded; the empty-prompt conditioning then comes from the cache.
 Reference handling (research/diffusion_methods_A.md §2.3):
 - ``copy``: a frozen copy of the initial UNet (official Diffusion-DPO), in the mixed-precision dtype;
 - ``adapters``: with LoRA, the same UNet with its adapters disabled under no_grad (diffusers LoRA
-  port): no second copy in memory. LoRA B matrices start at zero, so both give the same loss at init.
+  port): no second copy in memory. LoRA B matrices start at zero, so both give the same loss at init;
+- ``ema``: a copy of the trainable UNet (adapters included) that follows it as an exponential moving
+  average (``update_reference_ema``, Self-NPO's teacher); kept in float32 so that updates of 1e-3 of a
+  step are not rounded away, run under autocast, and saved in checkpoints (``checkpointed_modules``).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import torch
 
 from diffalign.diffusion.attention import set_attention_backend
 from diffalign.diffusion.conditioning import Conditioning, encode_sd_prompts, encode_sdxl_prompts
-from diffalign.diffusion.noising import add_noise, epsilon_from_velocity, velocity
+from diffalign.diffusion.noising import add_noise, epsilon_from_velocity, velocity, x0_from_epsilon, x0_from_velocity
 from diffalign.errors import ModelLoadError
 from diffalign.hub import hub_unavailable_as_error, require_cached_when_offline
 
@@ -142,7 +145,7 @@ class DiffusionModel:
                         revision: Optional[str] = None, load_encoders: bool = True) -> "DiffusionModel":
         """Load the components of an SD1.x/2.x or SDXL pipeline (hub id or local folder).
 
-        ``reference``: None (no reference), ``copy`` or ``adapters`` (needs ``lora``).
+        ``reference``: None (no reference), ``copy``, ``adapters`` (needs ``lora``) or ``ema``.
         ``resolution``: of the training images; None is the model's own (UNet sample size x VAE factor).
         ``load_encoders=False``: only the VAE's config is read, and neither the VAE nor the text encoders
         are loaded (training from a latent cache).
@@ -195,12 +198,20 @@ class DiffusionModel:
         if lora is not None:
             unet.requires_grad_(False)
             unet.add_adapter(lora.peft_config())
+        if reference == "ema":  # after the adapters: the teacher averages them too
+            reference_unet = copy.deepcopy(unet).requires_grad_(False).eval()
         if gradient_checkpointing:
             unet.enable_gradient_checkpointing()
         unet.train()
         return cls(family, unet, vae, text_encoders, tokenizers, noise_scheduler, inference_scheduler,
                    reference_unet=reference_unet, reference_mode=reference, lora=lora, resolution=resolution,
                    vae_config=vae_config, source=model, revision=revision)
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        """(channels, height, width) of one training image's latents."""
+        size = self.resolution // 2 ** (len(self.vae_config["block_out_channels"]) - 1)
+        return (self.unwrapped_unet.config.in_channels, size, size)
 
     @property
     def has_encoders(self) -> bool:
@@ -224,7 +235,9 @@ class DiffusionModel:
         for text_encoder in self.text_encoders:
             text_encoder.to(self.device, dtype=dtype)
         if self.reference_unet is not None:
-            cast(self.reference_unet.to(self.device), dtype)
+            self.reference_unet.to(self.device)
+            if self.reference_mode == "copy":
+                cast(self.reference_unet, dtype)
         self.unwrapped_unet.to(self.device)
         if self.lora is not None and dtype != torch.float32:
             cast(self.unwrapped_unet, dtype)
@@ -241,7 +254,11 @@ class DiffusionModel:
             from diffusers.utils import convert_state_dict_to_diffusers
 
             layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unwrapped))
-            pipeline_class.save_lora_weights(output_dir, unet_lora_layers=layers, safe_serialization=True)
+            # the adapter's config (lora_alpha above all) travels in the file's metadata: without it every
+            # diffusers loader applies the LoRA at scale 1 instead of alpha / rank
+            metadata = unwrapped.peft_config["default"].to_dict()
+            pipeline_class.save_lora_weights(output_dir, unet_lora_layers=layers, safe_serialization=True,
+                                             unet_lora_adapter_metadata=metadata)
             return
         unet = cast(copy.deepcopy(unwrapped).to("cpu"), torch.float32)
         if self.has_encoders:
@@ -301,6 +318,17 @@ class DiffusionModel:
             flat = [prompt for negatives in batch["negative_prompts"] for prompt in negatives]
             inputs["negative_cond"] = self._conditioning(batch.get("negative_prompt_cond"), flat)
         return inputs
+
+    def null_conditioning(self) -> Conditioning:
+        """The unconditional branch's conditioning as the family's pipeline builds it (one row): the
+        empty prompt's for SD1.x/2.x; for SDXL all-zero prompt and pooled embeddings with the usual
+        time ids (``force_zeros_for_empty_prompt``, as the Self-NPO and NPO SDXL code)."""
+        empty = self.empty_conditioning()
+        if self.family != "sdxl":
+            return empty
+        added = dict(empty.added_cond_kwargs)
+        added["text_embeds"] = torch.zeros_like(added["text_embeds"])
+        return Conditioning(torch.zeros_like(empty.prompt_embeds), added)
 
     def empty_conditioning(self) -> Conditioning:
         """The empty prompt's conditioning (one row), which caption dropout swaps in."""
@@ -363,6 +391,12 @@ class DiffusionModel:
             return epsilon_from_velocity(prediction, noisy_latents, timesteps, self.alphas_cumprod)
         return prediction
 
+    def denoised(self, prediction: torch.Tensor, noisy_latents: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """The clean latent x0 a UNet prediction implies (epsilon or v)."""
+        if self.prediction_type == "v_prediction":
+            return x0_from_velocity(prediction, noisy_latents, timesteps, self.alphas_cumprod)
+        return x0_from_epsilon(prediction, noisy_latents, timesteps, self.alphas_cumprod)
+
     def policy(self, noisy_latents: torch.Tensor, timesteps: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         """The trainable UNet's prediction, with grad (through the accelerate-prepared module)."""
         return self.unet(noisy_latents, timesteps, **cond.unet_kwargs()).sample
@@ -376,7 +410,7 @@ class DiffusionModel:
     @torch.no_grad()
     def reference(self, noisy_latents: torch.Tensor, timesteps: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         """The frozen reference's prediction, detached."""
-        if self.reference_mode == "copy":
+        if self.reference_mode in ("copy", "ema"):
             with self._autocast():
                 return self.reference_unet(noisy_latents, timesteps, **cond.unet_kwargs()).sample.detach()
         if self.reference_mode == "adapters":
@@ -387,6 +421,24 @@ class DiffusionModel:
             finally:
                 self.unwrapped_unet.enable_adapters()
         raise RuntimeError("this model was loaded without a reference (reference=None)")
+
+    @torch.no_grad()
+    def update_reference_ema(self, decay: float) -> None:
+        """theta_ref <- decay * theta_ref + (1 - decay) * theta for every trainable parameter theta
+        (reference ``ema``): a constant rate from the first step, as Self-NPO's teacher (diffusers'
+        ``EMAModel`` warms its decay up and copies the weights at its first step, so it is not used)."""
+        if self.reference_mode != "ema":
+            raise RuntimeError(f"update_reference_ema needs reference 'ema', this model has {self.reference_mode!r}")
+        for (name, teacher), (student_name, student) in zip(self.reference_unet.named_parameters(),
+                                                            self.unwrapped_unet.named_parameters()):
+            if name != student_name:
+                raise RuntimeError(f"the EMA reference's parameter {name} does not match the UNet's {student_name}")
+            if student.requires_grad:
+                teacher.lerp_(student.detach().to(teacher.dtype), 1.0 - decay)
+
+    def checkpointed_modules(self) -> list[torch.nn.Module]:
+        """Modules a checkpoint must hold besides the trainable one: the EMA reference, which training changes."""
+        return [self.reference_unet] if self.reference_mode == "ema" else []
 
     def _autocast(self):
         if self.weight_dtype == torch.float32:

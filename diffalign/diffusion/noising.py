@@ -51,3 +51,18 @@ def epsilon_from_velocity(v: torch.Tensor, noisy: torch.Tensor, timesteps: torch
     abar = alphas_cumprod.to(noisy.device)[timesteps.to(noisy.device).clamp(min=0)].float()
     eps = _broadcast(abar.sqrt(), noisy) * v.float() + _broadcast((1 - abar).sqrt(), noisy) * noisy.float()
     return eps.to(noisy.dtype)
+
+
+def x0_from_epsilon(eps: torch.Tensor, noisy: torch.Tensor, timesteps: torch.Tensor, alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """x0 = (x_t - sqrt(1 - abar_t) * eps) / sqrt(abar_t), the clean latent an epsilon-prediction implies."""
+    abar = alphas_cumprod.to(noisy.device)[timesteps.to(noisy.device)].float()
+    x0 = (noisy.float() - _broadcast((1 - abar).sqrt(), noisy) * eps.float()) / _broadcast(abar.sqrt(), noisy)
+    return x0.to(noisy.dtype)
+
+
+def x0_from_velocity(v: torch.Tensor, noisy: torch.Tensor, timesteps: torch.Tensor, alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """x0 = sqrt(abar_t) * x_t - sqrt(1 - abar_t) * v, the clean latent a v-prediction implies (finite at
+    abar_t = 0, the last step of a zero-terminal-SNR schedule)."""
+    abar = alphas_cumprod.to(noisy.device)[timesteps.to(noisy.device)].float()
+    x0 = _broadcast(abar.sqrt(), noisy) * noisy.float() - _broadcast((1 - abar).sqrt(), noisy) * v.float()
+    return x0.to(noisy.dtype)

@@ -26,3 +26,14 @@ def denoising_errors(model_pred: torch.Tensor, target: torch.Tensor) -> torch.Te
 def denoising_logps(model_pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """-1/2 * per-sample mean squared error, float32, shape (B,)."""
     return -DENOISING_LOGP_SCALE * denoising_errors(model_pred, target)
+
+
+def pseudo_huber_errors(prediction: torch.Tensor, target: torch.Tensor, delta: float) -> torch.Tensor:
+    """Per-sample mean over all non-batch elements of the pseudo-Huber loss sqrt(d^2 + delta^2) - delta,
+    d = prediction - target, in float32, shape (B,): ~ d^2 / (2 delta) for |d| << delta and ~ |d| beyond
+    (Charbonnier; the consistency-model loss Self-NPO uses with delta = 1e-3)."""
+    if prediction.shape != target.shape:
+        raise ValueError(f"prediction has shape {tuple(prediction.shape)} but target has shape {tuple(target.shape)}")
+    difference = prediction.float() - target.float()
+    errors = torch.sqrt(difference**2 + delta**2) - delta
+    return errors.reshape(errors.shape[0], -1).mean(dim=1)

@@ -9,12 +9,15 @@ A method is a small class that declares what it needs and computes a loss:
   is loaded, which data formats are read and how the result is exported;
 - ``data_format``: the registered data format it consumes (``diffalign.data.formats``);
 - ``needs_reference``: whether a frozen reference (a copy, or the LoRA base with adapters disabled)
-  must be provided;
+  must be provided; ``ema_reference``: whether that reference is instead an exponential moving
+  average of the policy (a teacher that follows it, saved in checkpoints), which the method updates in
+  ``after_optimizer_step``;
 - ``encode_options()``: keyword arguments of the model's encode step (``caption_dropout``);
 - ``compute_loss(model, inputs, generator)`` on the encoded batch (``model.encode_batch``: latents and
   conditioning, never pixels or prompts), with all randomness drawn from ``generator`` so that tests
   and resumed runs reproduce it;
-- optionally ``step_metrics(metrics)``: metrics of a whole optimiser step derived from the reduced ones.
+- optionally ``step_metrics(metrics)``: metrics of a whole optimiser step derived from the reduced ones;
+- optionally ``after_optimizer_step(model)``: called after every optimiser step (an EMA update).
 
 The training loop (``diffalign.training``) is shared and knows nothing method-specific.
 """
@@ -50,6 +53,10 @@ class Method(ABC):
     modality: ClassVar[str]
     data_format: ClassVar[str]
     needs_reference: ClassVar[bool]
+    ema_reference: ClassVar[bool] = False
+    negative_model: ClassVar[bool] = False
+    """Whether the trained model is a negative model (Diffusion-NPO, Self-NPO): the negative branch of
+    NPO-guided classifier-free guidance (``diffalign.pipelines``), not a model to sample from alone."""
 
     def __init__(self, config: MethodConfig | None = None):
         self.config = config if config is not None else self.config_class()
@@ -62,6 +69,9 @@ class Method(ABC):
     def compute_loss(self, model: Any, inputs: dict[str, Any], generator: torch.Generator | None = None) -> ObjectiveOutput:
         """Loss of one encoded micro-batch. ``model`` is the modality's model adapter
         (``diffalign.diffusion.DiffusionModel`` or ``diffalign.text.TextModel``)."""
+
+    def after_optimizer_step(self, model: Any) -> None:
+        """Called by the loop after every optimiser step, on every process (nothing by default)."""
 
     def step_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
         """A whole optimiser step's metrics from the ones the loop reduced (count-weighted over

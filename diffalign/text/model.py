@@ -61,6 +61,10 @@ class TextModel:
         if self.reference_model is not None:
             self.reference_model.to(device=device, dtype=dtype)
 
+    def checkpointed_modules(self) -> list[torch.nn.Module]:
+        """Nothing besides the policy changes in training (the reference is frozen or the base)."""
+        return []
+
     def encode_batch(self, batch: dict, generator: Optional[torch.Generator] = None) -> dict:
         """The encode step: text batches are tokenised by their data format already."""
         return batch

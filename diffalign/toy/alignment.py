@@ -20,6 +20,8 @@ TOY_TRAINING: dict[str, dict[str, Any]] = {
     "diffusion-dpo": {"learning_rate": 2e-5, "method_args": {"beta": 5000.0, "caption_dropout": 0.0}},
     "mapo": {"learning_rate": 1e-5, "method_args": {}},
     "sft": {"learning_rate": 1e-5, "method_args": {}},
+    "diffusion-npo": {"learning_rate": 2e-5, "method_args": {"beta": 5000.0}},
+    "self-npo": {"learning_rate": 5e-6, "method_args": {}},
 }
 DEFAULT_TOY_LEARNING_RATE = 1e-5
 
@@ -81,6 +83,24 @@ def toy_train_config(
         checkpoints_total_limit=1,
         progress_bar=progress,
     )
+
+
+def aligned_pipeline(method, base_pipe, model_dir: str | Path):
+    """The pipeline that samples the result of training ``method`` into ``model_dir``: the trained model
+    itself, or, for a negative model (``method.negative_model``: Self-NPO, Diffusion-NPO), NPO-guided
+    CFG with the base pipeline as the positive branch and the trained UNet as the negative one."""
+    from diffalign.toy.preset import load_toy_pipeline
+
+    if not method.negative_model:
+        return load_toy_pipeline(model_dir)
+    from diffusers import UNet2DConditionModel
+
+    from diffalign.pipelines import StableDiffusionNPOPipeline
+
+    negative = UNet2DConditionModel.from_pretrained(str(model_dir), subfolder="unet")
+    pipe = StableDiffusionNPOPipeline(**base_pipe.components, negative_unet=negative)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
 
 
 def align(train_config) -> dict:

@@ -63,7 +63,7 @@ def add_demo_command(subparsers) -> None:
         "demo", help="the whole alignment loop on the toy world, on a CPU: generate, judge, pair, align, evaluate",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    demo.add_argument("--method", default=defaults.method, help="a registered diffusion method that trains on image pairs")
+    demo.add_argument("--method", default=defaults.method, help="a registered diffusion method that trains on image pairs or prompts")
     demo.add_argument("--output-dir", default=defaults.output_dir)
     demo.add_argument("--model", default=None, help="base pipeline folder (default: the shipped toy preset)")
     for name in ("train_prompts", "candidates", "eval_prompts", "eval_seeds", "steps", "batch_size", "generation_batch", "grid_prompts", "seed"):

@@ -10,12 +10,17 @@
 2. **Pair** (``pairing``): the toy judge (``diffalign.toy.judge``, fixed before any training) scores
    every candidate; per prompt the best against the worst, kept only if strictly better
    (``diffalign.rewards.pairs.best_vs_worst``), written as the preference jsonl ``pairs.jsonl``.
+   A method that trains on prompts alone (``self-npo``) skips steps 1-2: its data is the training
+   prompts, written as ``prompts.txt``.
 3. **Align** (``alignment``): ``diffalign.training.train`` with ``--method`` (any registered diffusion
-   method whose data contract is image pairs, scored image pairs or chosen images) on that jsonl,
-   with the toy settings of the method (``alignment.TOY_TRAINING``).
+   method whose data contract is image pairs, scored image pairs, chosen images or prompts) on that
+   data, with the toy settings of the method (``alignment.TOY_TRAINING``).
 4. **Evaluate** (``evaluation``): on held-out prompts (never seen in pretraining nor in alignment),
    base and aligned models generate from the *same* seeds; the judge scores both: mean reward
-   before/after, and the win rate of aligned over base (ties count 1/2) with its standard error.
+   before/after, and the win rate of aligned over base (ties count 1/2) with its standard error. For a
+   method that trains a negative model (``self-npo``, ``diffusion-npo``) "aligned" is NPO-guided CFG
+   (``alignment.aligned_pipeline``): the base as the positive branch, the trained model as the
+   negative one, against the base's plain CFG at the same guidance scale.
 5. **Report** (``reporting``).
 
 The evaluation protocol (prompts, seeds, sampler, judge) is fixed in ``evaluation``; no option of a
@@ -38,7 +43,7 @@ import torch
 
 from diffalign.errors import UsageError
 from diffalign.toy import world
-from diffalign.toy.alignment import align, check_method as _check_method, toy_train_config
+from diffalign.toy.alignment import align, aligned_pipeline, check_method as _check_method, toy_train_config
 from diffalign.toy.evaluation import check_eval_split, evaluate, evaluation_prompts
 from diffalign.toy.generation import candidate_sampling, generate_per_prompt
 from diffalign.toy.judge import ToyJudge
@@ -46,7 +51,7 @@ from diffalign.toy.pairing import judge_and_pair
 from diffalign.toy.preset import SAMPLING, TOY_MODEL_DIR, load_toy_pipeline
 from diffalign.toy.reporting import StageClock, save_comparison_grid, save_training_curves, write_report
 
-FITTING_FORMATS = ("image_pairs", "scored_image_pairs", "chosen_images")
+FITTING_FORMATS = ("image_pairs", "scored_image_pairs", "chosen_images", "prompts")
 CANDIDATE_SEED_STRIDE = 1_000_000  # candidates of --seed s start at seed s * 1_000_000
 
 
@@ -77,21 +82,21 @@ class DemoConfig:
 
 
 def check_method(name: str):
-    """The method class, or a ``ValueError`` listing the methods that fit the demo's data (image pairs)."""
-    return _check_method(name, FITTING_FORMATS)
+    """The method class, or a ``ValueError`` listing the methods that fit the demo's data (image pairs or prompts)."""
+    return _check_method(name, FITTING_FORMATS, data="image pairs or prompts")
 
 
 def run_demo(config: DemoConfig) -> dict:
     """Run the steps and write the report; returns ``report.json``'s content."""
     import diffalign  # noqa: F401  (torchvision CPU shim)
-    from diffalign.training.progress import library_progress_bars
+    from diffalign.progress import library_progress_bars
 
     with library_progress_bars(config.progress):
         return _run_demo(config)
 
 
 def _run_demo(config: DemoConfig) -> dict:
-    check_method(config.method)
+    method = check_method(config.method)
     check_eval_split(config.eval_split)
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -105,24 +110,30 @@ def _run_demo(config: DemoConfig) -> dict:
     prompts = world.sample_prompts(train_split, config.train_prompts, seed=config.seed)
     clock.lap("load")
 
-    candidates = generate_per_prompt(base_pipe, prompts, config.candidates, config.seed * CANDIDATE_SEED_STRIDE,
-                                     batch_size=config.generation_batch, progress=config.progress, desc="candidates",
-                                     **candidate_sampling(config.candidate_guidance, config.candidate_eta))
-    paths = candidates.save(output / "candidates")
-    pair_stats = judge_and_pair(candidates, paths, judge, output / "pairs.jsonl", min_margin=config.min_margin,
-                                pairs_per_prompt=config.pairs_per_prompt)
-    clock.lap("generate+judge")
-    if pair_stats["pairs"] == 0:
-        raise UsageError("no candidate pair differed in reward: nothing to align on (raise --candidates)")
+    pair_stats = None
+    if method.data_format == "prompts":  # no preference data: the training prompts alone
+        data = output / "prompts.txt"
+        data.write_text("".join(f"{prompt}\n" for prompt in prompts))
+    else:
+        candidates = generate_per_prompt(base_pipe, prompts, config.candidates, config.seed * CANDIDATE_SEED_STRIDE,
+                                         batch_size=config.generation_batch, progress=config.progress, desc="candidates",
+                                         **candidate_sampling(config.candidate_guidance, config.candidate_eta))
+        paths = candidates.save(output / "candidates")
+        data = output / "pairs.jsonl"
+        pair_stats = judge_and_pair(candidates, paths, judge, data, min_margin=config.min_margin,
+                                    pairs_per_prompt=config.pairs_per_prompt)
+        clock.lap("generate+judge")
+        if pair_stats["pairs"] == 0:
+            raise UsageError("no candidate pair differed in reward: nothing to align on (raise --candidates)")
 
-    train_config = toy_train_config(config.method, base, output / "pairs.jsonl", output / "model", steps=config.steps,
+    train_config = toy_train_config(config.method, base, data, output / "model", steps=config.steps,
                                     batch_size=config.batch_size, seed=config.seed if config.train_seed is None else config.train_seed,
                                     learning_rate=config.learning_rate, method_args=config.method_args, progress=config.progress)
     train_summary = align(train_config)
     clock.lap("align")
     save_training_curves(output / "curves.png", output / "model" / "metrics.jsonl", f"{config.method} training on the toy world")
 
-    aligned_pipe = load_toy_pipeline(output / "model")
+    aligned_pipe = aligned_pipeline(method, base_pipe, output / "model")
     evaluation = evaluate(base_pipe, aligned_pipe, evaluation_prompts(config.eval_split, config.eval_prompts, prompts), judge,
                           seeds_per_prompt=config.eval_seeds, batch_size=config.generation_batch, progress=config.progress)
     evaluation.save(output / "eval")
@@ -139,7 +150,8 @@ def _run_demo(config: DemoConfig) -> dict:
         "judge": "toy",
         "base_model": base,
         "sampling": SAMPLING,
-        "pairs": pair_stats,
+        "aligned_sampling": "NPO-guided CFG: base positive, trained negative" if method.negative_model else "the trained model",
+        **({"pairs": pair_stats} if pair_stats is not None else {"train_prompts": len(prompts)}),
         "train": {"steps": train_summary["steps"], "learning_rate": train_summary["learning_rate"],
                   "method_args": train_summary["method_args"], "batch_size": config.batch_size,
                   "final_metrics": train_summary["final_metrics"], "seconds": train_summary["seconds"]},

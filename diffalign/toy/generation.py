@@ -1,6 +1,7 @@
 """Generation: images for a list of prompts, several per prompt, each from its own seed.
 
-Image ``j`` of prompt ``i`` uses seed ``first_seed + 1000 * i + j`` (``image_seeds``), so an image
+Image ``j`` of prompt ``i`` uses seed ``first_seed + 1000 * i + j`` (``image_seeds``, the rule of
+``diffalign generate``, defined in ``diffalign.pipelines.generate``), so an image
 depends only on (model, prompt, seed, sampling): two models asked with the same ``first_seed`` start
 from the same noise, and a run's images can be regenerated one by one. ``generate_per_prompt``
 samples with the preset's ``SAMPLING`` unless overridden (``candidate_sampling`` builds the overrides
@@ -16,17 +17,8 @@ from typing import Any, Optional, Sequence
 
 from PIL import Image
 
-from diffalign.errors import UsageError
+from diffalign.pipelines.generate import image_seeds  # the seed rule of `diffalign generate`
 from diffalign.toy.preset import SAMPLING, generate
-
-SEED_STRIDE = 1000  # seeds of consecutive prompts are this far apart: at most this many images per prompt
-
-
-def image_seeds(n_prompts: int, per_prompt: int, first_seed: int) -> list[int]:
-    """Seed of image ``j`` of prompt ``i`` at index ``i * per_prompt + j``: ``first_seed + 1000 * i + j``."""
-    if per_prompt > SEED_STRIDE:
-        raise UsageError(f"at most {SEED_STRIDE} images per prompt, got {per_prompt}")
-    return [first_seed + SEED_STRIDE * i + j for i in range(n_prompts) for j in range(per_prompt)]
 
 
 def candidate_sampling(guidance_scale: Optional[float] = None, eta: Optional[float] = None) -> dict[str, float]:

@@ -68,6 +68,10 @@ def report_markdown(report: Mapping) -> str:
     if "pairs" in e:
         training.append(f"Training data: {e['pairs']['train_prompts']} training prompts x {e['pairs']['candidates_per_prompt']} candidates -> "
                         f"{e['pairs']['pairs']} best-vs-worst pairs (mean judge margin {e['pairs']['mean_pair_margin']:.3f}).\n")
+    if "pairs" not in e and "train_prompts" in e:
+        training.append(f"Training data: {e['train_prompts']} training prompts, no images and no preference labels.\n")
+    if e.get("aligned_sampling", "the trained model") != "the trained model":
+        training.append(f"Aligned = {e['aligned_sampling']} (same guidance scale and seeds as the base's plain CFG).\n")
     if "train" in e:
         training.append(f"Training: {e['train']['steps']} steps of `{e['method']}`, lr {e['train']['learning_rate']:g}, "
                         f"options {json.dumps(e['train']['method_args'])}.\n")

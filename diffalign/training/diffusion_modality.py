@@ -38,10 +38,10 @@ class DiffusionModality(Modality):
                                max_rows=config.max_train_samples, progress=config.progress_bar)
         return get_format(method.data_format).build(table, options)
 
-    def load_model(self, config: TrainConfig, needs_reference: bool) -> DiffusionModel:
+    def load_model(self, config: TrainConfig, method) -> DiffusionModel:
         lora = LoraSettings(config.lora_rank, config.lora_alpha, config.lora_target_modules) if config.lora_rank > 0 else None
         model = DiffusionModel.from_pretrained(
-            config.model, reference=reference_mode(config, needs_reference, lora is not None), lora=lora,
+            config.model, reference=reference_mode(config, method, lora is not None), lora=lora,
             attention=config.attention, gradient_checkpointing=config.gradient_checkpointing, resolution=self.resolution,
             revision=config.revision, load_encoders=self.cache is None,
         )

@@ -46,7 +46,7 @@ from diffalign.training.run_folder import closing_run_folders, open_run_folder
 from diffalign.training.diffusion_modality import DiffusionModality
 from diffalign.training.text_modality import TextModality
 from diffalign.training.threads import configure_threads
-from diffalign.training.progress import library_progress_bars
+from diffalign.progress import library_progress_bars
 from diffalign.training.optim import build_lr_scheduler, build_optimizer, effective_learning_rate
 from diffalign.training.sampling import EpochIndexed, ShardedEpochBatches, step_generator
 
@@ -97,7 +97,7 @@ def _train(config: TrainConfig) -> dict[str, Any]:
     run = open_run_folder(config, method.config, accelerator)
 
     dataset, collate = modality.build_dataset(config, method)
-    model = modality.load_model(config, needs_reference=method.needs_reference)
+    model = modality.load_model(config, method)
     model.place(accelerator.device, MIXED_PRECISION_DTYPES[config.mixed_precision])
     skipped = getattr(dataset, "skipped", None)
 
@@ -107,6 +107,8 @@ def _train(config: TrainConfig) -> dict[str, Any]:
     lr_scheduler = build_lr_scheduler(config, optimizer)
     prepared, optimizer = accelerator.prepare(module, optimizer)
     accelerator.register_for_checkpointing(lr_scheduler)
+    for component in model.checkpointed_modules():  # an EMA reference: after the scheduler, in a fixed order
+        accelerator.register_for_checkpointing(component)
     model.set_trainable_module(prepared)
 
     start_step = run.start_step
@@ -154,6 +156,7 @@ def _train(config: TrainConfig) -> dict[str, Any]:
         optimizer.step()
         lr_scheduler.step()
         optimizer.zero_grad(set_to_none=True)
+        method.after_optimizer_step(model)
 
         record = {"step": step + 1, **dict(sorted(method.step_metrics(reduce_metrics(totals, accelerator)).items())),
                   "lr": lr_scheduler.get_last_lr()[0], "grad_norm": float(grad_norm)}

@@ -31,6 +31,9 @@ class ModelAdapter(Protocol):
     def place(self, device: torch.device, dtype: torch.dtype) -> None:
         """Move the frozen components (encoders, reference) to ``device``, cast to ``dtype``."""
 
+    def checkpointed_modules(self) -> list[torch.nn.Module]:
+        """Modules besides the trainable one that training changes and checkpoints must hold (an EMA reference)."""
+
     def encode_batch(self, batch: dict, generator: Optional[torch.Generator] = None, **options) -> dict:
         """The encode step between collate and loss (outside autocast): raw batch -> model inputs."""
 
@@ -49,11 +52,15 @@ class Modality(ABC):
         """The dataset of ``method.data_format`` examples at ``config.data`` and its collate function."""
 
     @abstractmethod
-    def load_model(self, config: TrainConfig, needs_reference: bool) -> ModelAdapter: ...
+    def load_model(self, config: TrainConfig, method) -> ModelAdapter:
+        """The model ``method`` trains (with the reference it needs, see ``reference_mode``)."""
 
 
-def reference_mode(config: TrainConfig, needs_reference: bool, lora: bool) -> Optional[str]:
-    """``--reference auto`` is the LoRA base with adapters disabled under LoRA, else a frozen copy."""
-    if not needs_reference:
+def reference_mode(config: TrainConfig, method, lora: bool) -> Optional[str]:
+    """None without a reference; ``ema`` for a method whose reference follows the policy;
+    ``--reference auto`` is the LoRA base with adapters disabled under LoRA, else a frozen copy."""
+    if not method.needs_reference:
         return None
+    if method.ema_reference:
+        return "ema"
     return config.reference if config.reference != "auto" else ("adapters" if lora else "copy")

@@ -71,9 +71,8 @@ def write_model_card(output_dir: str, config, method, *, rows: int, skipped: Opt
         "",
         "## Usage",
         "",
-        "```python",
-        _usage(config.model, output_dir, diffusion, lora),
-        "```",
+        *(_negative_usage(config.model, output_dir) if method.negative_model else
+          ["```python", _usage(config.model, output_dir, diffusion, lora), "```"]),
         "",
     ])
     card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
@@ -97,6 +96,18 @@ def _base_license(model: str) -> Optional[str]:
 
 def _number(value: Any) -> str:
     return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
+def _negative_usage(base: str, output_dir: str) -> list[str]:
+    return [
+        "This is a **negative model**: the negative branch of NPO-guided classifier-free guidance, "
+        "eps = eps_neg(x, c_neg) + w (eps_pos(x, c) - eps_neg(x, c_neg)), not a model to sample from alone. "
+        "Generate with it next to the base (or another positive model, `--merge-weight` moves its weight offset there):",
+        "",
+        "```bash",
+        f"diffalign generate --model {base} --negative-model {output_dir} --prompts prompts.txt --out images",
+        "```",
+    ]
 
 
 def _usage(base: str, output_dir: str, diffusion: bool, lora: bool) -> str:

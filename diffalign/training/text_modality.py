@@ -57,7 +57,7 @@ class TextModality(Modality):
         self.reference_logps_in_data = dataset.has_reference_logps
         return dataset, collate
 
-    def load_model(self, config: TrainConfig, needs_reference: bool) -> TextModel:
+    def load_model(self, config: TrainConfig, method) -> TextModel:
         from transformers import AutoModelForCausalLM
 
         if config.attention not in ATTENTION:
@@ -75,5 +75,5 @@ class TextModality(Modality):
                 target_modules=config.lora_target_modules or "all-linear", task_type="CAUSAL_LM",
             ))
         # precomputed reference scores in the data replace the reference model
-        reference = None if self.reference_logps_in_data else reference_mode(config, needs_reference, lora)
+        reference = None if self.reference_logps_in_data else reference_mode(config, method, lora)
         return TextModel(policy, self.tokenizer, reference=reference, lora=lora)
