@@ -4,6 +4,7 @@
     diffalign methods
     diffalign cache --model PATH_OR_ID --data PATH_OR_ID --output DIR [--resolution R]
     diffalign generate --model PATH_OR_ID --prompts FILE_OR_TEXT --out DIR [--negative-model NEG] [options]
+    diffalign captions perturb --data IN --out OUT.jsonl [--perturber rules|llm] [--per-caption K] [options]
     accelerate launch -m diffalign train ...
 
 ``train`` flags are the fields of ``TrainConfig`` plus the chosen method's config fields
@@ -60,7 +61,7 @@ def _add_plugin_commands(subparsers) -> None:
     import importlib
 
     for module_name, functions in (
-        ("diffalign.rewards.cli", ("add_score_command", "add_pairs_command")),
+        ("diffalign.rewards.cli", ("add_score_command", "add_pairs_command", "add_captions_command")),
         ("diffalign.toy.cli", ("add_toy_command", "add_demo_command")),
         ("diffalign.pipelines.cli", ("add_generate_command",)),
     ):

@@ -1,6 +1,7 @@
-"""``diffalign score`` and ``diffalign pairs``: argparse sub-commands wired in by ``diffalign/cli.py``.
+"""``diffalign score``, ``diffalign pairs`` and ``diffalign captions perturb``: argparse sub-commands wired
+in by ``diffalign/cli.py``.
 
-Both return 0 on success and 2, with a one-line message on stderr, for errors a user can cause
+All return 0 on success and 2, with a one-line message on stderr, for errors a user can cause
 (missing files, a bad checkpoint, an unknown scorer or option, an unreachable judge endpoint: every
 ``diffalign.errors.UserError``); any other exception is a bug and propagates with its traceback.
 """
@@ -186,3 +187,145 @@ def _pairs(args: argparse.Namespace) -> int:
     _print_pair_stats(args, stats, listing)
     return 0
 
+
+
+# ------------------------------------------------------------------------------------------- captions
+_RULES_ONLY = ("vocabulary",)
+_LLM_ONLY = ("model", "base_url", "api_key_env", "prompt_template", "temperature", "max_tokens", "max_attempts", "timeout",
+             "max_retries", "workers", "send_seed", "device", "dtype", "batch_size")
+_LLM_DEFAULTS = {"temperature": 0.7, "max_tokens": 128, "max_attempts": 3, "timeout": 60.0, "max_retries": 5, "workers": 8,
+                 "send_seed": True, "batch_size": 8}
+_HTTP_ONLY = ("api_key_env", "timeout", "max_retries", "workers", "send_seed")
+_LOCAL_ONLY = ("device", "dtype", "batch_size")
+# settings recorded with every row -> the flag a resume mismatch names
+_CAPTION_FLAGS = {"seed": "--seed", "families": "--families", "vocabulary": "--vocabulary", "model": "--model",
+                  "prompt_template": "--prompt-template", "temperature": "--temperature", "max_tokens": "--max-tokens"}
+
+
+def add_captions_command(subparsers) -> argparse.ArgumentParser:
+    """``diffalign captions perturb``: mismatched captions for TPO (``diffalign.rewards.captions``)."""
+    from diffalign.rewards.captions import DEFAULT_CHUNK, FAMILIES
+
+    parser = subparsers.add_parser("captions", help="caption tools: perturbed (mismatched) captions for TPO",
+                                   description="Caption tools. `diffalign captions perturb --help` for the options.")
+    parser.set_defaults(func=lambda args: (parser.print_help(sys.stderr), 2)[1])
+    commands = parser.add_subparsers(dest="captions_command", metavar="perturb")
+    perturb = commands.add_parser(
+        "perturb", help="write K subtly wrong captions per image (captioned_images jsonl)",
+        description="Write, for every input row, K perturbed captions that are false for its image, as captioned_images "
+                    "rows {image, prompt, negative_prompts} (TPO's data). The rules perturber swaps one word from word lists "
+                    "of four families (content, attribute, spatial, context); the llm perturber asks a chat model. Rerunning "
+                    "the same command keeps the rows already written and makes the rest.")
+    files = perturb.add_argument_group("input and output")
+    files.add_argument("--data", required=True, metavar="IN", help=".txt (one caption per line) or .jsonl of {prompt[, image]} rows, "
+                    "e.g. the generations.jsonl of `diffalign generate`; image paths relative to the file's folder")
+    files.add_argument("--out", required=True, metavar="OUT.jsonl", help="output jsonl (image paths relative to its folder); "
+                    "rerunning into it resumes")
+    files.add_argument("--prompts-only", action="store_true", help="accept rows without an image and write them as {prompt, "
+                    "negative_prompts} (not a captioned_images training set); without it such rows are an error")
+    files.add_argument("--overwrite", action="store_true", help="start over: remove --out first")
+    files.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK, metavar="N", help=f"rows perturbed before they are "
+                    f"written (default: {DEFAULT_CHUNK})")
+    files.add_argument("--progress-bar", action=argparse.BooleanOptionalAction, default=True, help="show a progress bar (default: on)")
+    common = perturb.add_argument_group("perturbation")
+    common.add_argument("--perturber", choices=("rules", "llm"), default="rules", help="default: rules")
+    common.add_argument("--per-caption", type=int, default=1, metavar="K", help="distinct negatives per caption (default: 1)")
+    common.add_argument("--seed", type=int, default=0, metavar="S",  help="decides the families, words and request seeds (default: 0)")
+    common.add_argument("--families", metavar="LIST", help=f"comma-separated subset of {','.join(FAMILIES)} (default: all)")
+    rules = perturb.add_argument_group("rules perturber")
+    rules.add_argument("--vocabulary", metavar="NAME_OR_FILE", help="toy (the toy world's grammar), general (English word "
+                       "lists, the toy words included) or a .json file of word lists (default: general)")
+    llm = perturb.add_argument_group("llm perturber")
+    llm.add_argument("--model", help="served model name (with --base-url) or local folder / hub id of a causal LM")
+    llm.add_argument("--base-url", metavar="URL", help="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1; without it "
+                     "--model runs locally with transformers")
+    llm.add_argument("--api-key-env", metavar="VAR", help="environment variable holding the API key (default: "
+                     "DIFFALIGN_LLM_API_KEY, then OPENAI_API_KEY); the key is never printed or written")
+    llm.add_argument("--prompt-template", metavar="FILE", help="prompt text with {caption} and optionally {family}, "
+                     "{family_description} (default: the spec's skeleton)")
+    llm.add_argument("--temperature", type=float, metavar="T",  help=f"sampling temperature, 0 = greedy (default: {_LLM_DEFAULTS['temperature']})")
+    llm.add_argument("--max-tokens", type=int, metavar="N",  help=f"answer length budget (default: {_LLM_DEFAULTS['max_tokens']})")
+    llm.add_argument("--max-attempts", type=int, metavar="N",  help="asks per negative before it is given up; a rejected answer is asked "
+                     f"again (default: {_LLM_DEFAULTS['max_attempts']})")
+    llm.add_argument("--timeout", type=float, metavar="SECONDS",  help=f"seconds per HTTP request (default: {_LLM_DEFAULTS['timeout']:g})")
+    llm.add_argument("--max-retries", type=int, metavar="N",  help="HTTP attempts per request on 429 / 5xx / timeouts (default: "
+                     f"{_LLM_DEFAULTS['max_retries']})")
+    llm.add_argument("--workers", type=int, metavar="N",  help=f"concurrent HTTP requests (default: {_LLM_DEFAULTS['workers']})")
+    llm.add_argument("--send-seed", action=argparse.BooleanOptionalAction, default=None, help="send each request's seed as "
+                     "the OpenAI 'seed' field (default: on; --no-send-seed for endpoints that refuse it)")
+    llm.add_argument("--device", help="local model: torch device (default: cuda if available)")
+    llm.add_argument("--dtype", help="local model: float32 / float16 / bfloat16")
+    llm.add_argument("--batch-size", type=int, metavar="N", help=f"local model: requests per generate call (default: {_LLM_DEFAULTS['batch_size']})")
+    perturb.set_defaults(func=run_captions_perturb)
+    return parser
+
+
+def build_caption_perturber(args: argparse.Namespace):
+    """The perturber ``--perturber`` names, with its flags; a flag of the other perturber is a UsageError."""
+    given = lambda names: [name for name in names if getattr(args, name, None) is not None]  # noqa: E731
+    flag = lambda name: "--" + name.replace("_", "-")  # noqa: E731
+    if args.perturber == "rules":
+        wrong = given(_LLM_ONLY)
+        if wrong:
+            raise UsageError(f"{flag(wrong[0])} applies to --perturber llm, not rules")
+        from diffalign.rewards.caption_rules import RulePerturber
+
+        return RulePerturber(args.vocabulary or "general", seed=args.seed, families=args.families)
+    wrong = given(_RULES_ONLY)
+    if wrong:
+        raise UsageError(f"{flag(wrong[0])} applies to --perturber rules, not llm")
+    if not args.model:
+        raise UsageError("--perturber llm needs --model: the served model name (with --base-url) or a local causal LM")
+    wrong = given(_LOCAL_ONLY if args.base_url else _HTTP_ONLY)
+    if wrong:
+        raise UsageError(f"{flag(wrong[0])} applies {'without' if args.base_url else 'with'} --base-url")
+    from diffalign.rewards.caption_llm import HTTPChat, LLMPerturber, TransformersChat, _check_int, _check_number, read_prompt_template
+
+    value = lambda name: getattr(args, name) if getattr(args, name, None) is not None else _LLM_DEFAULTS.get(name)  # noqa: E731
+    _check_number("--temperature", value("temperature"), 0)
+    _check_int("--max-tokens", value("max_tokens"), 1)
+    _check_int("--max-attempts", value("max_attempts"), 1)
+    template = read_prompt_template(args.prompt_template)
+    if args.base_url:
+        backend = HTTPChat(args.base_url, args.model, api_key_env=args.api_key_env, temperature=value("temperature"),
+                           max_tokens=value("max_tokens"), timeout=value("timeout"), max_retries=value("max_retries"),
+                           workers=value("workers"), send_seed=value("send_seed"))
+    else:
+        backend = TransformersChat(args.model, device=args.device, dtype=args.dtype, batch_size=value("batch_size"),
+                                   temperature=value("temperature"), max_tokens=value("max_tokens"))
+    return LLMPerturber(backend, seed=args.seed, families=args.families, template=template,
+                        max_attempts=value("max_attempts"), model=args.model)
+
+
+def run_captions_perturb(args: argparse.Namespace) -> int:
+    return report_user_errors("captions perturb", lambda: _captions_perturb(args), debug=getattr(args, "debug", False))
+
+
+def _captions_perturb(args: argparse.Namespace) -> int:
+    from diffalign.rewards.captions import REJECT_REASONS, perturb_captions
+
+    perturber = build_caption_perturber(args)
+    summary = perturb_captions(perturber, args.data, args.out, per_caption=args.per_caption, prompts_only=args.prompts_only,
+                               overwrite=args.overwrite, progress=args.progress_bar, chunk_size=args.chunk_size,
+                               option_names=_CAPTION_FLAGS)
+    header = ["perturber", "rows", "resumed", "written", "short", "no_negatives", "failed", "captions", "kept", "rejected",
+              "retried", "seconds"]
+    row = [args.perturber, summary.inputs, summary.resumed, summary.written, summary.short, summary.no_negatives,
+           summary.failed, summary.captions, summary.kept, sum(summary.rejected.values()), summary.retried, f"{summary.seconds:.1f}"]
+    print(_table(header, [[str(cell) for cell in row]]))
+    if summary.rejected or summary.retried:
+        reasons = ", ".join(f"{reason} {summary.rejected.get(reason, 0)}" for reason in REJECT_REASONS)
+        print(f"rejected answers: {reasons}; retried: {summary.reasked} asked again after a rejected answer, "
+              f"{summary.transport_retries} HTTP retries (429 / 5xx / timeouts)")
+    if summary.short:
+        print(f"{summary.short} rows have fewer than {args.per_caption} negatives (the caption allowed fewer distinct edits, "
+              "or the answers kept being rejected)")
+    if summary.no_negatives:
+        print(f"{summary.no_negatives} rows got no negative and were not written (first: {summary.first_without_negatives}); "
+              + ("no word of the vocabulary occurs in their captions" if args.perturber == "rules"
+                 else "every answer was rejected: rerun to ask again, or raise --max-attempts"))
+    if summary.failed:
+        print(f"{summary.failed} rows were not written because a request failed (first: {summary.first_error}); rerun the "
+              "same command to try them again", file=sys.stderr)
+    print(f"wrote {summary.written} rows to {args.out}" + (f" ({summary.resumed} were there already)" if summary.resumed else ""))
+    return 0

@@ -18,6 +18,7 @@ import inspect
 import io
 import json
 import os
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -35,7 +36,15 @@ RETRY_STATUS = {429, 500, 502, 503, 504}
 
 
 class JudgeRequestError(UserError, RuntimeError):
-    """The endpoint refused a request or answered with something that is not a chat completion."""
+    """The endpoint refused a request or answered with something that is not a chat completion.
+
+    ``transient`` is True when the request kept failing with errors worth retrying later (429 / 5xx,
+    timeouts, refused connections) until the attempts ran out, False when the endpoint refused it
+    outright (another HTTP status, an answer that is not a chat completion)."""
+
+    def __init__(self, message: str, transient: bool = False):
+        super().__init__(message)
+        self.transient = transient
 
 
 def image_data_url(image: Image.Image, quality: int = 95) -> str:
@@ -63,6 +72,9 @@ class HTTPJudge:
         max_retries: attempts per request on 429 / 5xx / connection errors.
         retry_backoff: first wait in seconds, doubled after each failed attempt (capped at 60 s).
         max_workers: concurrent requests.
+
+    ``post(payload)`` sends any chat-completions body (the caption perturber sends text-only ones);
+    ``retries`` counts the attempts repeated after a retryable failure, over all requests.
     """
 
     def __init__(
@@ -87,16 +99,21 @@ class HTTPJudge:
         self.max_retries = max_retries
         self.retry_backoff = retry_backoff
         self.max_workers = max_workers
+        self.retries = 0
+        self._retries_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"HTTPJudge(url={self.url!r}, model={self.model!r})"
 
-    def _post(self, payload: dict) -> str:
+    def post(self, payload: dict) -> str:
+        """The answer text (``choices[0].message.content``, "" when null) to one chat-completions body."""
         body = json.dumps(payload).encode()
         headers = {"Content-Type": "application/json", "Authorization": f"Bearer {self._api_key}"}
         last_error = "no attempt made"
         for attempt in range(self.max_retries):
             if attempt:
+                with self._retries_lock:
+                    self.retries += 1
                 time.sleep(min(self.retry_backoff * 2 ** (attempt - 1), 60.0))
             request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
             try:
@@ -117,7 +134,7 @@ class HTTPJudge:
                 return reply["choices"][0]["message"]["content"] or ""
             except (KeyError, IndexError, TypeError):
                 raise JudgeRequestError(f"{self.url} answered without choices[0].message.content") from None
-        raise JudgeRequestError(f"{self.url} failed after {self.max_retries} attempts: {last_error}")
+        raise JudgeRequestError(f"{self.url} failed after {self.max_retries} attempts: {last_error}", transient=True)
 
     def generate(self, requests: Sequence[JudgeRequest]) -> list[str]:
         """Answers in request order; requests run concurrently on ``max_workers`` threads."""
@@ -125,7 +142,7 @@ class HTTPJudge:
 
         payloads = [chat_payload(images, text, self.model, self.max_tokens) for images, text in requests]
         with ThreadPoolExecutor(max_workers=self.max_workers) as pool:
-            return list(tqdm(pool.map(self._post, payloads), total=len(payloads), desc="judge", leave=False, disable=len(payloads) < 2))
+            return list(tqdm(pool.map(self.post, payloads), total=len(payloads), desc="judge", leave=False, disable=len(payloads) < 2))
 
 
 # the options of an ``HTTPJudge`` beyond the endpoint, the key, the served model and the token budget

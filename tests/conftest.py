@@ -80,3 +80,30 @@ def run_shortened_demo(output_dir, method: str) -> dict:
                  "--no-progress"])
     assert code == 0
     return json.loads((output_dir / "report.json").read_text())
+
+
+def png_bytes(seed: int, size: int = 64) -> bytes:
+    """A random RGB image as PNG bytes (how Pick-a-Pic stores its images)."""
+    import io
+
+    rng = np.random.default_rng(seed)
+    buffer = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="session")
+def pickapic_with_ties(tmp_path_factory):
+    """A Pick-a-Pic-schema ``save_to_disk`` dataset: 6 rows, 2 of them ties (label_0 = 0.5)."""
+    import datasets
+
+    labels = [1.0, 0.5, 0.0, 1.0, 0.5, 0.0]
+    table = datasets.Dataset.from_dict({
+        "caption": [f"a red circle number {i}" for i in range(len(labels))],
+        "jpg_0": [png_bytes(2 * i) for i in range(len(labels))],
+        "jpg_1": [png_bytes(2 * i + 1) for i in range(len(labels))],
+        "label_0": labels,
+    })
+    path = tmp_path_factory.mktemp("pickapic") / "pickapic"
+    datasets.DatasetDict({"train": table}).save_to_disk(str(path))
+    return str(path)

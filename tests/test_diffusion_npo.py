@@ -1,15 +1,11 @@
 """Diffusion-NPO (DPO-based): Diffusion-DPO with the preference reversed, on tiny SD1.x-like and SDXL-like
 models and on a stub model with chosen denoising errors (research/diffusion_methods_B.md §1.2, §1.6)."""
 
-import io
 import json
 import math
 
-import datasets
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from diffalign.cli import main
 from diffalign.data import ImageOptions, get_format, read_table
@@ -170,28 +166,6 @@ FAMILY_SCALE = {"sd": 0.5, "sdxl": 1.0}  # (beta / 2) x 0.001 with the family's 
 
 
 # ------------------------------------------------------------------------------------ end to end
-def png_bytes(seed: int) -> bytes:
-    rng = np.random.default_rng(seed)
-    buffer = io.BytesIO()
-    Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-@pytest.fixture(scope="module")
-def pickapic_with_ties(tmp_path_factory):
-    """Pick-a-Pic schema: 6 rows, 2 of them ties (label_0 = 0.5)."""
-    labels = [1.0, 0.5, 0.0, 1.0, 0.5, 0.0]
-    table = datasets.Dataset.from_dict({
-        "caption": [f"a red circle number {i}" for i in range(len(labels))],
-        "jpg_0": [png_bytes(2 * i) for i in range(len(labels))],
-        "jpg_1": [png_bytes(2 * i + 1) for i in range(len(labels))],
-        "label_0": labels,
-    })
-    path = tmp_path_factory.mktemp("pickapic") / "pickapic"
-    datasets.DatasetDict({"train": table}).save_to_disk(str(path))
-    return str(path)
-
-
 @pytest.mark.parametrize("family", ["sd", "sdxl"])
 def test_train_through_the_cli(tiny_model_dir, pickapic_with_ties, tmp_path, capsys, family):
     argv = ["train", "--method", "diffusion-npo", "--model", tiny_model_dir(family), "--data", pickapic_with_ties,

@@ -32,7 +32,7 @@ def model(tiny_model_dir):
 def test_every_format_is_registered_with_its_modality():
     formats = registered_formats()
     assert set(formats) == {"image_pairs", "scored_image_pairs", "user_image_pairs", "chosen_images", "prompts",
-                            "captioned_images", "text_pairs", "text_unpaired", "text_ranked"}
+                            "captioned_images", "labelled_images", "text_pairs", "text_unpaired", "text_ranked"}
     assert {name for name, fmt in formats.items() if fmt.modality == "text"} == {"text_pairs", "text_unpaired", "text_ranked"}
 
 

@@ -1,6 +1,7 @@
 """The pieces the diffusion methods compose: the caption-dropout encode option, a [winners; losers]
-batch with one timestep per pair, the two latent providers (forward noising, and inversion of each
-image by the model itself) and the per-image denoising scores of a network on their latents.
+batch with one timestep per pair (for TPO: one image under its true and under a perturbed caption),
+the two latent providers (forward noising, and inversion of each image by the model itself) and the
+per-image denoising scores of a network on their latents.
 
 A pairwise method's ``compute_loss`` reads, in its own module::
 
@@ -12,8 +13,9 @@ A pairwise method's ``compute_loss`` reads, in its own module::
 Randomness comes from the step's ``generator``, drawn in this order: caption dropout (B uniforms) and
 the VAE posterior sample in the model's encode step (``DiffusionModel.encode_batch``), then in
 ``compute_loss`` the timesteps (B, ``stack_pairs``) and what the latent provider draws (forward
-noising: the noise, B latents; inversion with eta > 0: one normal per inverted row and step). Tests
-and resumed runs rely on this order.
+noising: the noise, B latents; inversion with eta > 0: one normal per inverted row and step). TPO's
+``caption_pairs`` draws the perturbed caption of each image (B uniforms) before its timesteps and
+noise. Tests and resumed runs rely on this order.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Callable, Optional
 
 import torch
 
+from diffalign.data.errors import DataError
 from diffalign.diffusion import Conditioning, denoising_logps
 from diffalign.diffusion.inversion import ddim_invert, inversion_grid
 from diffalign.diffusion.noising import repeat_for_pair, sample_noise, sample_timesteps
@@ -80,6 +83,39 @@ def forward_noised_pairs(model, latents, timesteps, cond, generator) -> PairLate
     pairs = latents.shape[0] // 2
     noise = repeat_for_pair(sample_noise((pairs, *latents.shape[1:]), generator, latents.device, latents.dtype))
     return PairLatents(model.add_noise(latents, noise, timesteps), model.target(latents, noise, timesteps), timesteps, cond)
+
+
+def caption_pairs(model, inputs: dict, generator: Optional[torch.Generator], method: str) -> PairLatents:
+    """TPO's pairs (captioned images): each image under its caption and under one of its perturbed
+    captions, stacked as [true; perturbed] (2B), with one timestep and one noise per image shared by
+    both halves (the same x_t: the error difference measures the captions). The perturbed caption is
+    drawn uniformly per image from ``generator`` (B uniforms, before the timesteps and the noise). An
+    image without perturbed captions is a ``DataError`` naming its caption and ``method``."""
+    counts = inputs["negative_counts"]
+    if (counts == 0).any():
+        prompt = inputs["prompts"][int((counts == 0).nonzero()[0])]
+        raise DataError(f"{method} needs at least one perturbed caption per image, but the image captioned {prompt!r:.100} "
+                        f"has no 'negative_prompts'; add them or drop the row")
+    first_rows = counts.cumsum(0) - counts
+    drawn = torch.minimum((torch.rand(len(counts), generator=generator) * counts).long(), counts - 1)
+    rows = first_rows + drawn
+    perturbed = inputs["negative_cond"].map(lambda tensor: tensor[rows.to(tensor.device)])
+    image = inputs["image_latents"]
+    timesteps = repeat_for_pair(sample_timesteps(image.shape[0], model.num_train_timesteps, generator, image.device))
+    return forward_noised_pairs(model, repeat_for_pair(image), timesteps, Conditioning.concat([inputs["cond"], perturbed]),
+                                generator)
+
+
+def identical_captions(cond: Conditioning) -> torch.Tensor:
+    """(B,) bool of a [true; perturbed] conditioning (``caption_pairs``): whether an image's perturbed
+    caption conditions the model exactly as its true caption does (the same text, or a difference past
+    the text encoder's token limit), a pair that carries no preference."""
+    same = None
+    for tensor in cond.tensors().values():
+        true, perturbed = tensor.chunk(2)
+        rows = (true == perturbed).reshape(true.shape[0], -1).all(dim=1)
+        same = rows if same is None else same & rows
+    return same
 
 
 def invert_pairs(model, latents, timesteps, cond, generator, *, steps: int, renoise_steps: int, eta: float,

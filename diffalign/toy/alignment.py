@@ -22,6 +22,8 @@ TOY_TRAINING: dict[str, dict[str, Any]] = {
     "sft": {"learning_rate": 1e-5, "method_args": {}},
     "diffusion-npo": {"learning_rate": 2e-5, "method_args": {"beta": 5000.0}},
     "self-npo": {"learning_rate": 5e-6, "method_args": {}},
+    "tdpo": {"learning_rate": 5e-6, "method_args": {}},
+    "tkto": {"learning_rate": 3e-6, "method_args": {}},
 }
 DEFAULT_TOY_LEARNING_RATE = 1e-5
 

@@ -63,7 +63,7 @@ def add_demo_command(subparsers) -> None:
         "demo", help="the whole alignment loop on the toy world, on a CPU: generate, judge, pair, align, evaluate",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    demo.add_argument("--method", default=defaults.method, help="a registered diffusion method that trains on image pairs or prompts")
+    demo.add_argument("--method", default=defaults.method, help="a registered diffusion method that trains on image pairs, prompts or captioned images")
     demo.add_argument("--output-dir", default=defaults.output_dir)
     demo.add_argument("--model", default=None, help="base pipeline folder (default: the shipped toy preset)")
     for name in ("train_prompts", "candidates", "eval_prompts", "eval_seeds", "steps", "batch_size", "generation_batch", "grid_prompts", "seed"):
@@ -75,6 +75,11 @@ def add_demo_command(subparsers) -> None:
     demo.add_argument("--candidate-eta", type=float, default=defaults.candidate_eta, help="DDIM eta of the candidates")
     demo.add_argument("--pairs-per-prompt", type=int, default=defaults.pairs_per_prompt,
                       help="pairs per training prompt: i-th best vs i-th worst candidate (1: best vs worst)")
+    demo.add_argument("--negatives-per-caption", type=int, default=defaults.negatives_per_caption,
+                      help="captioned-image methods (tdpo, tkto): rule-perturbed negative captions per sample")
+    demo.add_argument("--caption-images", default=defaults.caption_images, choices=("renders", "samples"),
+                      help="captioned-image methods: the toy world's renders of the training prompts (exactly true "
+                           "captions) or the base model's own samples")
     demo.add_argument("--min-margin", type=float, default=defaults.min_margin,
                       help="keep a pair only if its judge-score margin is at least this")
     demo.add_argument("--learning-rate", type=float, default=None, help="default: the toy setting of the method")

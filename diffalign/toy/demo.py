@@ -11,7 +11,11 @@
    every candidate; per prompt the best against the worst, kept only if strictly better
    (``diffalign.rewards.pairs.best_vs_worst``), written as the preference jsonl ``pairs.jsonl``.
    A method that trains on prompts alone (``self-npo``) skips steps 1-2: its data is the training
-   prompts, written as ``prompts.txt``.
+   prompts, written as ``prompts.txt``. A method that trains on captioned images (TPO: ``tdpo``,
+   ``tkto``) takes ``candidates`` images per training prompt, the toy world's renders (default; a
+   captioned dataset, as TPO assumes) or the base's own samples (``caption_images``), keeps each
+   prompt as its image's true caption and adds rule-perturbed negative captions instead of judging
+   them (``captioning``): no judge anywhere in its data path.
 3. **Align** (``alignment``): ``diffalign.training.train`` with ``--method`` (any registered diffusion
    method whose data contract is image pairs, scored image pairs, chosen images or prompts) on that
    data, with the toy settings of the method (``alignment.TOY_TRAINING``).
@@ -44,6 +48,7 @@ import torch
 from diffalign.errors import UsageError
 from diffalign.toy import world
 from diffalign.toy.alignment import align, aligned_pipeline, check_method as _check_method, toy_train_config
+from diffalign.toy.captioning import render_images, write_captioned_images
 from diffalign.toy.evaluation import check_eval_split, evaluate, evaluation_prompts
 from diffalign.toy.generation import candidate_sampling, generate_per_prompt
 from diffalign.toy.judge import ToyJudge
@@ -51,7 +56,8 @@ from diffalign.toy.pairing import judge_and_pair
 from diffalign.toy.preset import SAMPLING, TOY_MODEL_DIR, load_toy_pipeline
 from diffalign.toy.reporting import StageClock, save_comparison_grid, save_training_curves, write_report
 
-FITTING_FORMATS = ("image_pairs", "scored_image_pairs", "chosen_images", "prompts")
+FITTING_FORMATS = ("image_pairs", "scored_image_pairs", "chosen_images", "labelled_images", "prompts", "captioned_images")
+CAPTION_IMAGES = ("renders", "samples")
 CANDIDATE_SEED_STRIDE = 1_000_000  # candidates of --seed s start at seed s * 1_000_000
 
 
@@ -63,6 +69,8 @@ class DemoConfig:
     train_prompts: int = 320  # drawn from the training split (the rest of it serves --eval-split validation)
     candidates: int = 8  # K images per training prompt
     pairs_per_prompt: int = 1  # i-th best against i-th worst candidate, i < pairs_per_prompt (1: best vs worst)
+    negatives_per_caption: int = 5  # captioned-image methods: rule-perturbed negatives per image (5: one per toy attribute)
+    caption_images: str = "renders"  # captioned-image methods: the toy world's renders, or the base's own "samples"
     min_margin: float = 0.0  # a pair is kept only if its judge-score margin is > 0 and >= min_margin
     eval_prompts: int = 107  # held-out prompts (the whole held-out split)
     eval_seeds: int = 2  # images per held-out prompt, same seeds for base and aligned
@@ -82,8 +90,8 @@ class DemoConfig:
 
 
 def check_method(name: str):
-    """The method class, or a ``ValueError`` listing the methods that fit the demo's data (image pairs or prompts)."""
-    return _check_method(name, FITTING_FORMATS, data="image pairs or prompts")
+    """The method class, or a ``ValueError`` listing the methods that fit the demo's data (image pairs, prompts or captioned images)."""
+    return _check_method(name, FITTING_FORMATS, data="image pairs, prompts or captioned images")
 
 
 def run_demo(config: DemoConfig) -> dict:
@@ -98,6 +106,8 @@ def run_demo(config: DemoConfig) -> dict:
 def _run_demo(config: DemoConfig) -> dict:
     method = check_method(config.method)
     check_eval_split(config.eval_split)
+    if config.caption_images not in CAPTION_IMAGES:
+        raise UsageError(f"--caption-images must be one of {', '.join(CAPTION_IMAGES)}, got {config.caption_images!r}")
     if config.threads:
         torch.set_num_threads(config.threads)
     clock = StageClock()
@@ -110,18 +120,30 @@ def _run_demo(config: DemoConfig) -> dict:
     prompts = world.sample_prompts(train_split, config.train_prompts, seed=config.seed)
     clock.lap("load")
 
-    pair_stats = None
+    data_stats = {}
     if method.data_format == "prompts":  # no preference data: the training prompts alone
         data = output / "prompts.txt"
         data.write_text("".join(f"{prompt}\n" for prompt in prompts))
+        data_stats["train_prompts"] = len(prompts)
+    elif method.data_format == "captioned_images":  # images with true and perturbed captions, no judge
+        if config.caption_images == "renders":
+            candidates = render_images(prompts, config.candidates, config.seed * CANDIDATE_SEED_STRIDE)
+        else:
+            candidates = generate_per_prompt(base_pipe, prompts, config.candidates, config.seed * CANDIDATE_SEED_STRIDE,
+                                             batch_size=config.generation_batch, progress=config.progress, desc="samples",
+                                             **candidate_sampling(config.candidate_guidance, config.candidate_eta))
+        data = output / "captions.jsonl"
+        data_stats["captions"] = write_captioned_images(candidates, candidates.save(output / "candidates"), data,
+                                                        config.negatives_per_caption, config.seed, config.progress)
+        clock.lap("generate+perturb")
     else:
         candidates = generate_per_prompt(base_pipe, prompts, config.candidates, config.seed * CANDIDATE_SEED_STRIDE,
                                          batch_size=config.generation_batch, progress=config.progress, desc="candidates",
                                          **candidate_sampling(config.candidate_guidance, config.candidate_eta))
         paths = candidates.save(output / "candidates")
         data = output / "pairs.jsonl"
-        pair_stats = judge_and_pair(candidates, paths, judge, data, min_margin=config.min_margin,
-                                    pairs_per_prompt=config.pairs_per_prompt)
+        pair_stats = data_stats["pairs"] = judge_and_pair(candidates, paths, judge, data, min_margin=config.min_margin,
+                                                          pairs_per_prompt=config.pairs_per_prompt)
         clock.lap("generate+judge")
         if pair_stats["pairs"] == 0:
             raise UsageError("no candidate pair differed in reward: nothing to align on (raise --candidates)")
@@ -151,7 +173,7 @@ def _run_demo(config: DemoConfig) -> dict:
         "base_model": base,
         "sampling": SAMPLING,
         "aligned_sampling": "NPO-guided CFG: base positive, trained negative" if method.negative_model else "the trained model",
-        **({"pairs": pair_stats} if pair_stats is not None else {"train_prompts": len(prompts)}),
+        **data_stats,
         "train": {"steps": train_summary["steps"], "learning_rate": train_summary["learning_rate"],
                   "method_args": train_summary["method_args"], "batch_size": config.batch_size,
                   "final_metrics": train_summary["final_metrics"], "seconds": train_summary["seconds"]},

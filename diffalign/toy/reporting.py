@@ -68,6 +68,12 @@ def report_markdown(report: Mapping) -> str:
     if "pairs" in e:
         training.append(f"Training data: {e['pairs']['train_prompts']} training prompts x {e['pairs']['candidates_per_prompt']} candidates -> "
                         f"{e['pairs']['pairs']} best-vs-worst pairs (mean judge margin {e['pairs']['mean_pair_margin']:.3f}).\n")
+    if "captions" in e:
+        c = e["captions"]
+        source = "renders" if "renderer" in c["sample_sampling"] else "base samples"
+        training.append(f"Training data: {c['train_prompts']} training prompts x {c['images_per_prompt']} {source}, each with "
+                        f"its prompt and {c['negatives_per_caption']} rule-perturbed captions ({c['negatives_written']} "
+                        "negatives), no judge.\n")
     if "pairs" not in e and "train_prompts" in e:
         training.append(f"Training data: {e['train_prompts']} training prompts, no images and no preference labels.\n")
     if e.get("aligned_sampling", "the trained model") != "the trained model":

@@ -5,6 +5,6 @@ subclass), its name in the import line below, tests, and its schema in the READM
 """
 
 from diffalign.data.formats import (  # noqa: F401
-    captioned_images, chosen_images, image_pairs, prompts, scored_image_pairs, text_pairs, text_ranked, text_unpaired,
-    user_image_pairs,
+    captioned_images, chosen_images, image_pairs, labelled_images, prompts, scored_image_pairs, text_pairs, text_ranked,
+    text_unpaired, user_image_pairs,
 )
