@@ -41,6 +41,7 @@ from typing import Any, Iterator, Optional, Sequence, Union
 import torch
 
 from diffalign.data.errors import DataError
+from diffalign.diffusion.seeds import SEED_STRIDE, image_seed, image_seeds  # noqa: F401  (the seed rule, re-exported)
 from diffalign.errors import ModelLoadError, UsageError, UserError
 from diffalign.pipelines.generation_folder import (
     OPTION_NAMES, RECORDS_FILE, check_same_settings, prepare_folder, read_listing, rewrite_listing, save_image,
@@ -49,7 +50,6 @@ from diffalign.pipelines.npo_merge import LORA_WEIGHT_NAME, fuse_lora_into_unet,
 from diffalign.progress import library_progress_bars
 from diffalign.rewards.records import RecordError, candidate_image_name, read_jsonl_rows, read_prompts_file
 
-SEED_STRIDE = 1000  # seeds of consecutive prompts are this far apart: at most this many images per prompt
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 DEVICES = ("auto", "cpu", "cuda")
 DEFAULT_GUIDANCE = {"sd": 7.5, "sdxl": 5.0}  # the NPO generation scripts' cfg (gen.py / gen_xl.sh)
@@ -75,19 +75,6 @@ SCHEDULER_ALIASES = {
 }
 PROMPT_FILE_EXTENSIONS = (".txt", ".jsonl")
 OTHER_FILE_EXTENSIONS = (".json", ".csv", ".tsv", ".parquet", ".yaml", ".yml")
-
-
-# ------------------------------------------------------------------------------------------ seeds
-def image_seed(first_seed: int, prompt_index: int, j: int) -> int:
-    """Seed of image ``j`` of prompt ``prompt_index``: ``first_seed + 1000 * prompt_index + j``."""
-    return first_seed + SEED_STRIDE * prompt_index + j
-
-
-def image_seeds(n_prompts: int, per_prompt: int, first_seed: int) -> list[int]:
-    """Seed of image ``j`` of prompt ``i`` at index ``i * per_prompt + j``: ``first_seed + 1000 * i + j``."""
-    if per_prompt > SEED_STRIDE:
-        raise UsageError(f"at most {SEED_STRIDE} images per prompt, got {per_prompt}")
-    return [image_seed(first_seed, i, j) for i in range(n_prompts) for j in range(per_prompt)]
 
 
 # --------------------------------------------------------------------------------------- settings

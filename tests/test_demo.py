@@ -94,6 +94,8 @@ def test_demo_writes_figures_curves_and_an_aligned_pipeline_that_differs_from_th
 
     assert Image.open(demo_run / "grid.png").size[0] > 5 * 128
     assert Image.open(demo_run / "curves.png").size[0] >= 800
+    assert Image.open(demo_run / "rewards.png").size[0] >= 800
+    assert all(f"({name})" in (demo_run / "report.md").read_text() for name in ("grid.png", "rewards.png", "curves.png"))
     metrics = [json.loads(line) for line in (demo_run / "model" / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == [1, 2, 3] and all("rewards/accuracies" in m for m in metrics)
     base, aligned = load_toy_pipeline(), load_toy_pipeline(demo_run / "model")

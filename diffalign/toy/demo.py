@@ -32,7 +32,8 @@ method changes it. The measured results, and the validation runs that chose the 
 README's toy-world section; every run writes its own in ``report.md``.
 
 Outputs in ``output_dir``: ``report.md``, ``report.json``, ``grid.png`` (base vs aligned, same
-seeds), ``curves.png`` (loss and implicit accuracy over steps), ``pairs.jsonl`` + ``candidates/``,
+seeds), ``rewards.png`` (the judge rewards of base and aligned), ``curves.png`` (loss and implicit
+accuracy over steps, matplotlib), ``pairs.jsonl`` + ``candidates/``,
 ``eval/`` (every evaluation image and ``eval.jsonl`` with its score) and ``model/`` (the aligned
 pipeline, loadable with ``StableDiffusionPipeline.from_pretrained``).
 """
@@ -54,7 +55,7 @@ from diffalign.toy.generation import candidate_sampling, generate_per_prompt
 from diffalign.toy.judge import ToyJudge
 from diffalign.toy.pairing import judge_and_pair
 from diffalign.toy.preset import SAMPLING, TOY_MODEL_DIR, load_toy_pipeline
-from diffalign.toy.reporting import StageClock, save_comparison_grid, save_training_curves, write_report
+from diffalign.toy.reporting import StageClock, save_comparison_grid, save_reward_distributions, save_training_curves, write_report
 
 FITTING_FORMATS = ("image_pairs", "scored_image_pairs", "chosen_images", "labelled_images", "prompts", "captioned_images")
 CAPTION_IMAGES = ("renders", "samples")
@@ -161,6 +162,7 @@ def _run_demo(config: DemoConfig) -> dict:
     evaluation.save(output / "eval")
     summary = evaluation.summary()
     save_comparison_grid(output / "grid.png", evaluation, config.grid_prompts)
+    save_reward_distributions(output / "rewards.png", evaluation)
     clock.lap("evaluate")
 
     headline = ("win_rate", "reward_before", "reward_after", "n_prompts")

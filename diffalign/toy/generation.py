@@ -1,7 +1,7 @@
 """Generation: images for a list of prompts, several per prompt, each from its own seed.
 
 Image ``j`` of prompt ``i`` uses seed ``first_seed + 1000 * i + j`` (``image_seeds``, the rule of
-``diffalign generate``, defined in ``diffalign.pipelines.generate``), so an image
+``diffalign generate``, defined in ``diffalign.diffusion.seeds``), so an image
 depends only on (model, prompt, seed, sampling): two models asked with the same ``first_seed`` start
 from the same noise, and a run's images can be regenerated one by one. ``generate_per_prompt``
 samples with the preset's ``SAMPLING`` unless overridden (``candidate_sampling`` builds the overrides
@@ -17,7 +17,7 @@ from typing import Any, Optional, Sequence
 
 from PIL import Image
 
-from diffalign.pipelines.generate import image_seeds  # the seed rule of `diffalign generate`
+from diffalign.diffusion.seeds import image_seeds  # the seed rule of `diffalign generate`
 from diffalign.toy.preset import SAMPLING, generate
 
 

@@ -1,13 +1,20 @@
-"""The demo's two figures, drawn with Pillow alone (no plotting dependency in the base install).
+"""The demo's figures: the comparison grid drawn with Pillow (it is images), the charts with
+matplotlib (Agg canvas, no display or GUI backend needed).
 
 - ``comparison_grid``: one column per prompt, base image above aligned image (same prompt, same
   seed), each with its judge score, the caption wrapped under the column.
-- ``curves``: line charts of training metrics over optimiser steps (loss, implicit accuracy): every
-  step in a light tint, a trailing moving average (1/20 of the run) on top.
+- ``curves``: training metrics over optimiser steps (loss, implicit accuracy), one panel per metric
+  that has data: every step as a light line, a trailing moving average (1/20 of the run) on top.
+- ``reward_distributions``: the judge rewards of the base and aligned evaluation images as step
+  histograms over the same bins, each mean marked by a dashed line.
+
+The charts come back as Pillow images (``.save(path)``), rendered at ``DPI`` to about 900 px wide,
+legible in a README.
 """
 
 from __future__ import annotations
 
+import io
 import math
 import textwrap
 from typing import Sequence
@@ -15,7 +22,10 @@ from typing import Sequence
 from PIL import Image, ImageDraw, ImageFont
 
 WHITE, BLACK, GRAY = (255, 255, 255), (0, 0, 0), (150, 150, 150)
-LINE_COLOURS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189)]
+LINE_COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"]
+BASE_COLOUR, ALIGNED_COLOUR = "#7f7f7f", "#1f77b4"
+DPI = 100
+WIDTH_INCHES = 9.0  # 900 px at DPI
 
 
 def _font():
@@ -68,47 +78,101 @@ def moving_average(points: Sequence[tuple[int, float]], window: int | None = Non
     return out
 
 
-def curves(series: dict[str, Sequence[tuple[int, float]]], title: str = "", panel: tuple[int, int] = (420, 260)) -> Image.Image:
-    """One panel per named series of (step, value) points, side by side, with axis ranges labelled."""
-    font = _font()
-    pw, ph = panel
-    canvas = Image.new("RGB", (pw * max(1, len(series)), ph + (20 if title else 0)), WHITE)
-    draw = ImageDraw.Draw(canvas)
-    offset = 0
+def _figure(width_inches: float, height_inches: float):
+    """A matplotlib ``Figure`` on an Agg canvas (no pyplot, so no global state and no GUI backend)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width_inches, height_inches), dpi=DPI, facecolor="white")
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def _to_image(figure) -> Image.Image:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=DPI, facecolor="white")
+    buffer.seek(0)
+    image = Image.open(buffer)
+    image.load()
+    return image.convert("RGB")
+
+
+def _finite(points: Sequence[tuple[int, float | None]]) -> list[tuple[int, float]]:
+    return [(s, float(v)) for s, v in points if v is not None and math.isfinite(v)]
+
+
+def curves(series: dict[str, Sequence[tuple[int, float | None]]], title: str = "", height_inches: float = 4.0) -> Image.Image:
+    """One panel per named series of (step, value) points that has a finite value (a metric the
+    method does not log is left out), side by side: each step light, the moving average on top."""
+    present = {name: _finite(points) for name, points in series.items()}
+    present = {name: points for name, points in present.items() if points}
+    figure = _figure(WIDTH_INCHES, height_inches)
     if title:
-        draw.text((8, 4), title, fill=BLACK, font=font)
-        offset = 20
-    for index, (name, points) in enumerate(series.items()):
-        left, top = index * pw, offset
-        x0, y0, x1, y1 = left + 56, top + 20, left + pw - 12, top + ph - 28
-        draw.text((left + 56, top + 4), name, fill=BLACK, font=font)
-        draw.rectangle([x0, y0, x1, y1], outline=GRAY)
-        values = [v for _, v in points if v is not None and math.isfinite(v)]
-        if not values:
-            draw.text((x0 + 8, y0 + 8), "no data", fill=GRAY, font=font)
-            continue
-        steps = [s for s, _ in points]
-        lo, hi = min(values), max(values)
+        figure.suptitle(title, fontsize=14)
+    if not present:
+        figure.text(0.5, 0.5, "no training metrics logged", ha="center", va="center", fontsize=12, color="0.4")
+        return _to_image(figure)
+    axes = figure.subplots(1, len(present), squeeze=False)[0]
+    window = 1
+    for index, (ax, (name, points)) in enumerate(zip(axes, present.items())):
+        colour = LINE_COLOURS[index % len(LINE_COLOURS)]
+        steps, values = zip(*points)
+        if len(points) > 1:
+            window = max(window, len(points) // 20)
+            ax.plot(steps, values, color=colour, alpha=0.3, linewidth=1)
+            smooth_steps, smooth = zip(*moving_average(points))
+            ax.plot(smooth_steps, smooth, color=colour, linewidth=2)
+        else:
+            ax.plot(steps, values, "o", color=colour)
+        ax.set_title(name, fontsize=12)
+        ax.set_xlabel("optimiser step", fontsize=11)
+        ax.set_ylabel(name.split(" (")[0], fontsize=11)
+        ax.tick_params(labelsize=10)
+        ax.grid(True, color="0.9", linewidth=0.8)
+        ax.margins(x=0.02)
+    # one legend for all panels, under them, so that it hides no data
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color="0.3", alpha=0.35, linewidth=1), Line2D([], [], color="0.3", linewidth=2)]
+    figure.legend(handles, ["every step", f"trailing moving average ({window} steps)"], loc="lower center", ncol=2,
+                  fontsize=10, frameon=False)
+    figure.tight_layout(rect=(0, 0.07, 1, 1))
+    return _to_image(figure)
+
+
+def reward_distributions(before: Sequence[float], after: Sequence[float], title: str = "", bins: int = 20,
+                         height_inches: float = 4.0) -> Image.Image:
+    """Step histograms of the base (``before``) and aligned (``after``) judge rewards over the same
+    bins, each mean a dashed vertical line quoted in the legend."""
+    import numpy as np
+
+    before = np.asarray([v for v in before if math.isfinite(v)], dtype=float)
+    after = np.asarray([v for v in after if math.isfinite(v)], dtype=float)
+    figure = _figure(WIDTH_INCHES, height_inches)
+    ax = figure.subplots()
+    both = np.concatenate([before, after])
+    if both.size:
+        lo, hi = float(both.min()), float(both.max())
         if hi - lo < 1e-12:
             lo, hi = lo - 0.5, hi + 0.5
-        smin, smax = min(steps), max(steps)
-        span = max(1, smax - smin)
+        edges = np.linspace(lo, hi, bins + 1)
+        for name, values, colour in (("base", before, BASE_COLOUR), ("aligned", after, ALIGNED_COLOUR)):
+            if not values.size:
+                continue
+            ax.hist(values, bins=edges, histtype="stepfilled", color=colour, alpha=0.2)
+            ax.hist(values, bins=edges, histtype="step", color=colour, linewidth=2,
+                    label=f"{name} (n={values.size}, mean {values.mean():.3f})")
+            ax.axvline(values.mean(), color=colour, linestyle="--", linewidth=1.5)
+        ax.legend(fontsize=10, framealpha=0.9)
+    else:
+        ax.text(0.5, 0.5, "no rewards", ha="center", va="center", transform=ax.transAxes, fontsize=12, color="0.4")
+    ax.set_title(title or "judge rewards of the evaluation images", fontsize=12)
+    ax.set_xlabel("judge reward", fontsize=11)
+    ax.set_ylabel("images", fontsize=11)
+    from matplotlib.ticker import MaxNLocator
 
-        def xy(step, value):
-            return x0 + (x1 - x0) * (step - smin) / span, y1 - (y1 - y0) * (value - lo) / (hi - lo)
-
-        finite = [(s, v) for s, v in points if v is not None and math.isfinite(v)]
-        coordinates = [xy(s, v) for s, v in finite]
-        colour = LINE_COLOURS[index % len(LINE_COLOURS)]
-        if len(coordinates) > 1:
-            light = tuple(c + (255 - c) * 2 // 3 for c in colour)
-            draw.line(coordinates, fill=light, width=1)  # every step
-            draw.line([xy(s, v) for s, v in moving_average(finite)], fill=colour, width=2)
-        else:
-            cx, cy = coordinates[0]
-            draw.ellipse([cx - 2, cy - 2, cx + 2, cy + 2], fill=colour)
-        draw.text((left + 4, y0 - 4), f"{hi:.3g}", fill=BLACK, font=font)
-        draw.text((left + 4, y1 - 8), f"{lo:.3g}", fill=BLACK, font=font)
-        draw.text((x0, y1 + 4), f"step {smin}", fill=BLACK, font=font)
-        draw.text((x1 - 60, y1 + 4), f"step {smax}", fill=BLACK, font=font)
-    return canvas
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.tick_params(labelsize=10)
+    ax.grid(True, axis="y", color="0.9", linewidth=0.8)
+    figure.tight_layout()
+    return _to_image(figure)

@@ -1,5 +1,5 @@
-"""Reporting: what a toy demo writes besides its model: ``report.json``, ``report.md``, ``grid.png``
-and ``curves.png``, and the stage timings they quote.
+"""Reporting: what a toy demo writes besides its model: ``report.json``, ``report.md``, ``grid.png``,
+``rewards.png`` and ``curves.png``, and the stage timings they quote.
 
 ``write_report`` takes the report as a dict: the keys of ``Evaluation.summary()`` plus ``method``,
 ``eval_split``, ``seconds``, ``stage_seconds`` and ``torch_threads``, and optionally ``pairs`` (the
@@ -50,8 +50,17 @@ def save_comparison_grid(path: str | Path, evaluation: Evaluation, n_prompts: in
     grid.save(path)
 
 
+def save_reward_distributions(path: str | Path, evaluation: Evaluation) -> None:
+    """Histograms of the judge rewards of every base and aligned evaluation image (same bins, means marked)."""
+    from diffalign.toy.plots import reward_distributions
+
+    reward_distributions(evaluation.before, evaluation.after,
+                         title=f"judge rewards of the {len(evaluation.before)} evaluation images, base vs aligned").save(path)
+
+
 def save_training_curves(path: str | Path, metrics_path: str | Path, title: str, metrics: Mapping[str, str] = TRAINING_CURVES) -> None:
-    """One panel per ``metrics`` entry (title: key in the training's ``metrics.jsonl``) over steps."""
+    """One panel per ``metrics`` entry (title: key in the training's ``metrics.jsonl``) over steps;
+    entries the training never logged (no implicit accuracy for self-npo, tkto, ...) get no panel."""
     from diffalign.toy.plots import curves
 
     metrics_path = Path(metrics_path)
@@ -100,6 +109,8 @@ Judge terms (means, higher is better):
 {''.join(training)}Time: {e['seconds']:.1f} s in all ({', '.join(f'{k} {v:.1f} s' for k, v in e['stage_seconds'].items())}), torch threads {e['torch_threads']}.
 
 ![base vs aligned](grid.png)
+
+![judge rewards, base vs aligned](rewards.png)
 
 ![training curves](curves.png)
 """

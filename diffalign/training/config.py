@@ -21,7 +21,9 @@ LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine
 (``piecewise_constant`` needs step rules that ``--lr-scheduler`` cannot give)."""
 MIXED_PRECISION = ("no", "fp16", "bf16")
 REPORT_TO = ("all", "aim", "tensorboard", "wandb", "trackio", "comet_ml", "mlflow", "clearml", "dvclive", "swanlab")
-"""accelerate's ``LoggerType`` values (``Accelerator(log_with=...)``)."""
+"""accelerate's ``LoggerType`` values (``Accelerator(log_with=...)``); ``--report-to`` also takes ``none``."""
+REPORT_TO_NONE = "none"  # no tracker: metrics.jsonl only (the default, None, means the same)
+MAX_VALIDATION_IMAGES = 1000  # diffalign.diffusion.seeds.SEED_STRIDE: seeds of one prompt stay apart from the next's
 POLYNOMIAL_LR_END = 1e-7  # diffusers' polynomial schedule decays to this and needs a larger initial lr
 
 
@@ -94,9 +96,27 @@ class TrainConfig:
                                         metavar="latest|DIR")
     overwrite: bool = option("remove the diffalign run in --output-dir (its run, checkpoint and export files; other files "
                              "are kept) and start a new run", default=False)
-    report_to: Optional[str] = option("also log metrics to this tracker (default: only metrics.jsonl)", default=None,
-                                      choices=REPORT_TO)
+    report_to: Optional[str] = option("also log metrics (and validation images) to this tracker (default, none: only "
+                                      "metrics.jsonl)", default=None, choices=REPORT_TO + (REPORT_TO_NONE,))
     progress_bar: bool = option("show progress bars", default=True)
+
+    # validation images (diffusion methods; negative-model methods show the negative model itself)
+    validation_prompts: Optional[str] = option(
+        "generate validation images for these prompts before training, every --validation-steps and at the end, into "
+        "<output-dir>/validation/step-N/ (a .txt file, one prompt a line, or one literal prompt; default: no "
+        "validation; NPO-style methods show the negative model itself)", default=None, nonempty=True,
+        metavar="FILE_OR_TEXT")
+    validation_steps: Optional[int] = option("validate every N optimiser steps (default: only before training and at "
+                                             "the end)", default=None, ge=1)
+    validation_images: int = option("validation images per prompt (image j of prompt i: seed --seed + 1000 i + j)",
+                                    default=1, ge=1, le=MAX_VALIDATION_IMAGES)
+    validation_inference_steps: int = option("sampling steps of the validation images (the model's inference scheduler)",
+                                             default=25, ge=1)
+    validation_guidance: Optional[float] = option("classifier-free guidance of the validation images (default: 7.5 "
+                                                  "SD1.x/2.x, 5 SDXL)", default=None, ge=0)
+    validation_scorer: Optional[str] = option("score the validation images with this scorer (`diffalign score`'s names, "
+                                              "e.g. toy) and log their mean as validation/reward", default=None,
+                                              nonempty=True, metavar="NAME")
 
     def __post_init__(self):
         validate_fields(self)
@@ -113,9 +133,16 @@ class TrainConfig:
             for name in ("adam_beta1", "adam_beta2", "adam_epsilon"):
                 if getattr(self, name) != _DEFAULTS[name]:
                     raise OptionError(name, "is not used by --optimizer adafactor (only by adamw and adamw8bit)")
+        if self.validation_prompts is None:
+            for name in VALIDATION_OPTIONS:
+                if getattr(self, name) != _DEFAULTS[name]:
+                    raise OptionError(name, "needs --validation-prompts (without it there is no validation)")
         if self.lr_scheduler == "polynomial" and not self.scale_lr and self.learning_rate <= POLYNOMIAL_LR_END:
             raise OptionError("learning_rate", f"must be > {POLYNOMIAL_LR_END:g} with --lr-scheduler polynomial (it decays "
                                                f"to {POLYNOMIAL_LR_END:g}), got {self.learning_rate!r}")
 
 
 _DEFAULTS = {field.name: field.default for field in fields(TrainConfig)}
+VALIDATION_OPTIONS = ("validation_steps", "validation_images", "validation_inference_steps", "validation_guidance",
+                      "validation_scorer")
+"""The options that only mean something with ``--validation-prompts``."""

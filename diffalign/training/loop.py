@@ -7,7 +7,9 @@ Per optimiser step: ``gradient_accumulation_steps`` micro-batches (gradients syn
 processes on the last one only), each loss divided by the accumulation steps, gradient norm clipped,
 one optimiser and scheduler step, metrics reduced over micro-batches and processes (below) and appended
 to ``metrics.jsonl``. Checkpoints are atomic and a resumed run continues exactly the sequence an
-uninterrupted one would have produced (``diffalign.training.sampling``).
+uninterrupted one would have produced (``diffalign.training.sampling``). With ``--validation-prompts``
+the main process draws validation images before training, every ``--validation-steps`` and at the end
+(``diffalign.training.validation``); it restores the RNG state, so the training run is unchanged.
 
 Metrics are exact on any number of processes and accumulation steps: every metric of a micro-batch is a
 (value x count, count) pair, ``count`` being how many things the value is the mean of
@@ -37,15 +39,17 @@ from tqdm.auto import tqdm
 
 from diffalign.data.errors import disk_space_errors
 from diffalign.errors import UsageError, UserError
+from diffalign.options import OptionError
 from diffalign.methods.base import get_method_class
 from diffalign.training.checkpoints import save_checkpoint
-from diffalign.training.config import TrainConfig
+from diffalign.training.config import REPORT_TO_NONE, TrainConfig
 from diffalign.training.metrics_log import MetricsLog
 from diffalign.training.model_card import CARD_FILE, write_model_card
 from diffalign.training.run_folder import closing_run_folders, open_run_folder
 from diffalign.training.diffusion_modality import DiffusionModality
 from diffalign.training.text_modality import TextModality
 from diffalign.training.threads import configure_threads
+from diffalign.training.validation import Validator, log_text
 from diffalign.progress import library_progress_bars
 from diffalign.training.optim import build_lr_scheduler, build_optimizer, effective_learning_rate
 from diffalign.training.sampling import EpochIndexed, ShardedEpochBatches, step_generator
@@ -72,7 +76,8 @@ def train(config: TrainConfig) -> dict[str, Any]:
     """Train ``config.method`` on ``config.model`` and ``config.data``; returns a summary.
 
     Writes ``<output_dir>/metrics.jsonl``, ``checkpoints/step-N``, ``run_config.json``,
-    ``data_report.json``, the export (see the modality's ``export``) and its model card ``README.md``.
+    ``data_report.json``, the export (see the modality's ``export``) and its model card ``README.md``;
+    with ``--validation-prompts``, ``validation/step-N/`` (``diffalign.training.validation``).
     """
     with library_progress_bars(config.progress_bar), closing_run_folders():  # the output folder's lock released
         return _train(config)
@@ -87,8 +92,12 @@ def _train(config: TrainConfig) -> dict[str, Any]:
     if config.mixed_precision == "fp16" and not torch.cuda.is_available():
         raise UsageError("--mixed-precision fp16 needs a CUDA GPU (CPU autocast does not cover it); use bf16 or no")
     method = build_method(config)
+    if config.validation_prompts is not None and method.modality != "diffusion":
+        raise OptionError("validation_prompts", f"is for diffusion methods; {config.method} trains a {method.modality} model")
+    validator = Validator(config, method.negative_model) if config.validation_prompts is not None else None
     modality = MODALITIES[method.modality]()
-    accelerator = Accelerator(mixed_precision=config.mixed_precision, log_with=config.report_to or None,
+    report_to = None if config.report_to in (None, REPORT_TO_NONE) else config.report_to
+    accelerator = Accelerator(mixed_precision=config.mixed_precision, log_with=report_to,
                               project_dir=config.output_dir)
     set_seed(config.seed)
     threads = configure_threads(config.num_threads, int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes)))
@@ -99,6 +108,8 @@ def _train(config: TrainConfig) -> dict[str, Any]:
     dataset, collate = modality.build_dataset(config, method)
     model = modality.load_model(config, method)
     model.place(accelerator.device, MIXED_PRECISION_DTYPES[config.mixed_precision])
+    if validator is not None:
+        validator.attach(model)
     skipped = getattr(dataset, "skipped", None)
 
     learning_rate = effective_learning_rate(config, accelerator.num_processes)
@@ -121,8 +132,14 @@ def _train(config: TrainConfig) -> dict[str, Any]:
         if skipped is not None and skipped.total:
             print(f"data: {skipped.summary()}")
     metrics_log = MetricsLog(config.output_dir, start_step) if accelerator.is_main_process else None
-    if config.report_to:
+    if report_to:
         accelerator.init_trackers("diffalign", config=_flat_config(config))
+    if validator is not None and start_step == 0:  # the base model's images (a resumed run has them)
+        base_metrics = validator.run(0, accelerator, accelerator.unwrap_model(prepared), accelerator.autocast)
+        if base_metrics and metrics_log is not None:
+            metrics_log.write({"step": 0, **base_metrics})
+        if base_metrics and report_to:
+            accelerator.log(base_metrics, step=0)
 
     accumulation = config.gradient_accumulation_steps
     batches = iter(DataLoader(
@@ -160,9 +177,11 @@ def _train(config: TrainConfig) -> dict[str, Any]:
 
         record = {"step": step + 1, **dict(sorted(method.step_metrics(reduce_metrics(totals, accelerator)).items())),
                   "lr": lr_scheduler.get_last_lr()[0], "grad_norm": float(grad_norm)}
+        if validator is not None and validator.due(step + 1):
+            record.update(validator.run(step + 1, accelerator, accelerator.unwrap_model(prepared), accelerator.autocast))
         if metrics_log is not None:
             metrics_log.write(record)
-        if config.report_to:
+        if report_to:
             accelerator.log({key: value for key, value in record.items() if key != "step"}, step=step + 1)
         progress.update(1)
         progress.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
@@ -183,6 +202,9 @@ def _train(config: TrainConfig) -> dict[str, Any]:
                     config.output_dir, config, method, rows=len(dataset), skipped=skipped.counts if skipped is not None else {},
                     effective_batch_size=config.train_batch_size * config.gradient_accumulation_steps * accelerator.num_processes,
                     learning_rate=learning_rate, final_metrics=record)
+                if report_to:
+                    with open(os.path.join(config.output_dir, CARD_FILE), encoding="utf-8") as handle:
+                        log_text(accelerator, "model_card", handle.read())
     accelerator.wait_for_everyone()
     accelerator.end_training()
     summary = {

@@ -26,7 +26,8 @@ def write_model_card(output_dir: str, config, method, *, rows: int, skipped: Opt
     ``text-to-image``/``diffusers`` for diffusion) and ``license`` copied from the base model's own card
     when ``--model`` is a local folder whose README.md has one (nothing is fetched; otherwise omitted).
     Body: the method and its one-line summary, its resolved options, the data (rows used and skipped),
-    steps, effective batch size, learning rate, the final step's metrics and how to load the export.
+    steps, effective batch size, learning rate, the final step's metrics, the last validation grid
+    (with ``--validation-prompts``) and how to load the export.
     """
     from huggingface_hub import ModelCard, ModelCardData
 
@@ -69,6 +70,7 @@ def write_model_card(output_dir: str, config, method, *, rows: int, skipped: Opt
         "| --- | --- |",
         metric_rows or "| (none) | |",
         "",
+        *_validation_section(output_dir, config.max_steps),
         "## Usage",
         "",
         *(_negative_usage(config.model, output_dir) if method.negative_model else
@@ -96,6 +98,15 @@ def _base_license(model: str) -> Optional[str]:
 
 def _number(value: Any) -> str:
     return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
+def _validation_section(output_dir: str, step: int) -> list[str]:
+    """The last validation grid (``--validation-prompts``), linked relative to the card, if there is one."""
+    grid = os.path.join("validation", f"step-{step}", "grid.png")
+    if not os.path.isfile(os.path.join(output_dir, grid)):
+        return []
+    return ["## Validation images", "", f"Step 0 (the base model) above step {step}, the same prompts and seeds:", "",
+            f"![validation images]({grid})", ""]
 
 
 def _negative_usage(base: str, output_dir: str) -> list[str]:

@@ -77,7 +77,7 @@ from diffalign.training.checkpoints import STATE_FILE, checkpoints_dir, list_che
 LOCK_FILE = "diffalign.lock"
 RUN_CONFIG = "run_config.json"
 SUMMARY = "train_summary.json"
-RUN_FILES = frozenset({"metrics.jsonl", RUN_CONFIG, "data_report.json", SUMMARY, "checkpoints", "diffalign"})
+RUN_FILES = frozenset({"metrics.jsonl", RUN_CONFIG, "data_report.json", SUMMARY, "checkpoints", "validation", "diffalign"})
 RUN_CONFIG_PATTERN = re.compile(r"^run_config\.resume-step-\d+(\.\d+)?\.json$")
 EXPORT_FILES = frozenset({
     # diffusers: LoRA weights, a pipeline's index (its component folders are the index's keys)
@@ -95,6 +95,8 @@ EXPORT_PATTERN = re.compile(r"^(model|pytorch_model)-\d+-of-\d+\.(safetensors|bi
 MAY_CHANGE_ON_RESUME = frozenset({
     "output_dir", "resume_from", "overwrite", "max_steps", "checkpointing_steps", "checkpoints_total_limit",
     "report_to", "progress_bar", "dataloader_num_workers", "num_threads", "attention", "gradient_checkpointing",
+    "validation_prompts", "validation_steps", "validation_images", "validation_inference_steps", "validation_guidance",
+    "validation_scorer",
 })
 SCHEDULES_WITHOUT_MAX_STEPS = frozenset({"constant", "constant_with_warmup", "piecewise_constant"})
 LAUNCHER_ENV = ("TORCHELASTIC_RUN_ID", "LOCAL_RANK")
