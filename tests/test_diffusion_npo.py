@@ -178,6 +178,9 @@ def test_train_through_the_cli(tiny_model_dir, pickapic_with_ties, tmp_path, cap
     assert report["rows"] == 4 and report["skipped"] == {"ties (label_0 = 0.5)": 2}
     run = json.loads((tmp_path / "run_config.json").read_text())
     assert run["method_config"] == {"beta": None, "caption_dropout": 0.0}
+    # the family's official beta is what the run used, recorded with the options as given and in the card
+    assert run["method_config_resolved"] == {"beta": {"sd": 1000.0, "sdxl": 2000.0}[family], "caption_dropout": 0.0}
+    assert f'"beta": {run["method_config_resolved"]["beta"]}' in (tmp_path / "README.md").read_text()
     with open(tmp_path / "metrics.jsonl") as handle:
         records = [json.loads(line) for line in handle]
     assert [record["step"] for record in records] == [1, 2]

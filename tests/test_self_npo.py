@@ -67,7 +67,8 @@ def test_guidance_algebra(tiny_model_dir, prompts_txt, family):
     assert not torch.allclose(x0_u, x0_c, atol=1e-4)
     if family == "sdxl":  # the SDXL null branch: zero prompt and pooled embeddings (force_zeros_for_empty_prompt)
         assert not null.prompt_embeds.any() and not null.added_cond_kwargs["text_embeds"].any()
-    assert SelfNPOConfig().teacher_guidance is None and method.teacher_guidance(model) == {"sd": -1.0, "sdxl": -5.0}[family]
+    assert SelfNPOConfig().teacher_guidance is None
+    assert method.config.for_family(model.family)["teacher_guidance"] == {"sd": -1.0, "sdxl": -5.0}[family]
 
 
 def test_ddim_step_is_exact_and_grid_is_official():

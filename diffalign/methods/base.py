@@ -24,9 +24,10 @@ The training loop (``diffalign.training``) is shared and knows nothing method-sp
 
 from __future__ import annotations
 
+import dataclasses
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Optional
 
 import torch
 
@@ -44,6 +45,12 @@ class MethodConfig:
 
     def __post_init__(self):
         validate_fields(self)
+
+    def for_family(self, family: Optional[str]) -> dict[str, Any]:
+        """The options with those left to the model family (None: the official value per family)
+        resolved for ``family`` (``sd``, ``sdxl``; None for a text model): what ``run_config.json``
+        and the model card record. Configs with family defaults override it."""
+        return dataclasses.asdict(self)
 
 
 class Method(ABC):

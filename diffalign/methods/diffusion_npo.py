@@ -73,6 +73,9 @@ class DiffusionNPOConfig(MethodConfig):
     def beta_for(self, family: str) -> float:
         return FAMILY_BETA[family] if self.beta is None else self.beta
 
+    def for_family(self, family):
+        return {**super().for_family(family), "beta": self.beta_for(family)}
+
 
 @register_method
 class DiffusionNPO(DenoisingMethod):

@@ -69,6 +69,9 @@ class InversionDPOConfig(MethodConfig):
     def inversion_steps_for(self, family: str) -> int:
         return self.official_inversion_steps[family] if self.inversion_steps is None else self.inversion_steps
 
+    def for_family(self, family):
+        return {**super().for_family(family), "beta": self.beta_for(family), "inversion_steps": self.inversion_steps_for(family)}
+
 
 @dataclass
 class InPOConfig(InversionDPOConfig):

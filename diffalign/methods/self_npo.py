@@ -87,6 +87,12 @@ class SelfNPOConfig(MethodConfig):
                                     default=1.0)
     caption_dropout: float = option(CAPTION_DROPOUT_HELP + " (official: 0)", default=0.0, ge=0, le=1)
 
+    def teacher_guidance_for(self, family: str) -> float:
+        return OFFICIAL_TEACHER_GUIDANCE[family] if self.teacher_guidance is None else self.teacher_guidance
+
+    def for_family(self, family):
+        return {**super().for_family(family), "teacher_guidance": self.teacher_guidance_for(family)}
+
     def __post_init__(self):
         super().__post_init__()
         if self.truncated_steps >= self.grid_steps:
@@ -102,11 +108,6 @@ class SelfNPO(DenoisingMethod):
     needs_reference = True
     ema_reference = True
     negative_model = True
-
-    def teacher_guidance(self, model) -> float:
-        if self.config.teacher_guidance is not None:
-            return self.config.teacher_guidance
-        return OFFICIAL_TEACHER_GUIDANCE[model.family]
 
     def compute_loss(self, model, inputs, generator=None):
         config = self.config
@@ -177,7 +178,7 @@ class SelfNPO(DenoisingMethod):
 
     def _truncated_target(self, model, latents, start, cond, null, stride):
         """K guided teacher DDIM steps from ``start`` and the sixth evaluation's x0: (x*, t', y_K, forwards)."""
-        guidance = self.teacher_guidance(model)
+        guidance = self.config.teacher_guidance_for(model.family)
         current, forwards = start, 0
         for step in range(self.config.truncated_steps + 1):
             x0, eps = teacher_prediction(model, latents, current, cond, null, guidance)

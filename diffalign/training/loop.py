@@ -128,7 +128,7 @@ def _train(config: TrainConfig) -> dict[str, Any]:
         accelerator.print(f"resumed from {run.checkpoint} at step {start_step}")
 
     if accelerator.is_main_process:
-        _write_run_files(config, method, accelerator, dataset, skipped, learning_rate, run)
+        _write_run_files(config, method, accelerator, dataset, skipped, learning_rate, run, getattr(model, "family", None))
         if skipped is not None and skipped.total:
             print(f"data: {skipped.summary()}")
     metrics_log = MetricsLog(config.output_dir, start_step) if accelerator.is_main_process else None
@@ -199,7 +199,7 @@ def _train(config: TrainConfig) -> dict[str, Any]:
             model.export(config.output_dir, unwrapped)
             if CARD_FILE not in run.kept:  # after the export (which may write its own card); never a user's README.md
                 write_model_card(
-                    config.output_dir, config, method, rows=len(dataset), skipped=skipped.counts if skipped is not None else {},
+                    config.output_dir, config, method, family=getattr(model, "family", None), rows=len(dataset), skipped=skipped.counts if skipped is not None else {},
                     effective_batch_size=config.train_batch_size * config.gradient_accumulation_steps * accelerator.num_processes,
                     learning_rate=learning_rate, final_metrics=record)
                 if report_to:
@@ -296,10 +296,11 @@ def _flat_config(config: TrainConfig) -> dict:
     return {key: (value if isinstance(value, (int, float, str, bool)) else str(value)) for key, value in flat.items()}
 
 
-def _write_run_files(config, method, accelerator, dataset, skipped, learning_rate, folder) -> None:
+def _write_run_files(config, method, accelerator, dataset, skipped, learning_rate, folder, family) -> None:
     run = {
         "train_config": dataclasses.asdict(config),
         "method_config": dataclasses.asdict(method.config),
+        "method_config_resolved": method.config.for_family(family),  # family defaults filled in (beta None -> 1000, ...)
         "world_size": accelerator.num_processes,
         "effective_learning_rate": learning_rate,
         "effective_batch_size": config.train_batch_size * config.gradient_accumulation_steps * accelerator.num_processes,

@@ -9,7 +9,6 @@ beside an adapter) is replaced, never the other way round.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from typing import Any, Optional
@@ -17,7 +16,7 @@ from typing import Any, Optional
 CARD_FILE = "README.md"
 
 
-def write_model_card(output_dir: str, config, method, *, rows: int, skipped: Optional[dict[str, int]],
+def write_model_card(output_dir: str, config, method, *, family: Optional[str] = None, rows: int, skipped: Optional[dict[str, int]],
                      effective_batch_size: int, learning_rate: float, final_metrics: dict[str, Any]) -> str:
     """Write ``<output_dir>/README.md`` for the run's export; returns its path.
 
@@ -25,7 +24,8 @@ def write_model_card(output_dir: str, config, method, *, rows: int, skipped: Opt
     text model, ``peft`` for a text LoRA adapter), ``tags`` (``diffalign``, the method, ``lora``,
     ``text-to-image``/``diffusers`` for diffusion) and ``license`` copied from the base model's own card
     when ``--model`` is a local folder whose README.md has one (nothing is fetched; otherwise omitted).
-    Body: the method and its one-line summary, its resolved options, the data (rows used and skipped),
+    Body: the method and its one-line summary, its options with the model family's defaults filled in
+    (``family``: ``MethodConfig.for_family``), the data (rows used and skipped),
     steps, effective batch size, learning rate, the final step's metrics, the last validation grid
     (with ``--validation-prompts``) and how to load the export.
     """
@@ -39,7 +39,7 @@ def write_model_card(output_dir: str, config, method, *, rows: int, skipped: Opt
     if diffusion:
         data.pipeline_tag = "text-to-image"
 
-    options = json.dumps(dataclasses.asdict(method.config), indent=2, default=str)
+    options = json.dumps(method.config.for_family(family), indent=2, default=str)
     skipped = {reason: count for reason, count in (skipped or {}).items() if count}
     skipped_text = ", ".join(f"{count} {reason}" for reason, count in sorted(skipped.items())) or "none"
     metrics = [(name, value) for name, value in final_metrics.items() if name != "step"]
