@@ -41,6 +41,7 @@ from typing import Optional, Protocol, Sequence
 
 from diffalign.data.errors import DataError, disk_space_errors
 from diffalign.errors import UsageError
+from diffalign.rewards.records import read_jsonl_rows
 
 FAMILIES = ("content", "attribute", "spatial", "context")
 FAMILY_DESCRIPTIONS = {  # the spec's four perturbation principles (§4.1)
@@ -122,27 +123,21 @@ def read_caption_inputs(data: str) -> list[CaptionInput]:
         raise DataError(f"--data {data} does not exist")
     root = os.path.dirname(os.path.abspath(data))
     rows: list[CaptionInput] = []
-    with open(data, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{data}:{number}"
-            if data.endswith(".txt"):
-                rows.append(CaptionInput(len(rows), line.strip(), None, where))
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise DataError(f"{where}: invalid JSON ({error.msg})") from None
-            if not isinstance(record, dict):
-                raise DataError(f"{where}: expected a JSON object with a 'prompt'")
-            prompt = record.get("prompt")
-            if not isinstance(prompt, str) or not prompt.strip():
-                raise DataError(f"{where}: field 'prompt' must be a non-empty string")
-            image = record.get("image")
-            if image is not None and (not isinstance(image, str) or not image):
-                raise DataError(f"{where}: field 'image' must be a path (a non-empty string)")
-            rows.append(CaptionInput(len(rows), prompt.strip(), os.path.join(root, image) if image else None, where))
+    if data.endswith(".txt"):
+        with open(data, encoding="utf-8") as handle:
+            for number, line in enumerate(handle, start=1):
+                if line.strip():
+                    rows.append(CaptionInput(len(rows), line.strip(), None, f"{data}:{number}"))
+    for where, record in read_jsonl_rows(data) if data.endswith(".jsonl") else ():
+        if not isinstance(record, dict):
+            raise DataError(f"{where}: expected a JSON object with a 'prompt'")
+        prompt = record.get("prompt")
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise DataError(f"{where}: field 'prompt' must be a non-empty string")
+        image = record.get("image")
+        if image is not None and (not isinstance(image, str) or not image):
+            raise DataError(f"{where}: field 'image' must be a path (a non-empty string)")
+        rows.append(CaptionInput(len(rows), prompt.strip(), os.path.join(root, image) if image else None, where))
     if not rows:
         raise DataError(f"--data {data} has no captions (an empty file)")
     return rows
