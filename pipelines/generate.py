@@ -48,6 +48,7 @@ from diffalign.pipelines.generation_folder import (
 )
 from diffalign.pipelines.npo_merge import LORA_WEIGHT_NAME, fuse_lora_into_unet, load_unet, merge_negative_unet
 from diffalign.progress import library_progress_bars
+from diffalign.rewards.base import resolve_device
 from diffalign.rewards.records import RecordError, candidate_image_name, read_jsonl_rows, read_prompts_file
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -394,12 +395,6 @@ def negative_unet(settings: GenerateSettings, recorded: dict[str, Any], positive
 
 
 # ------------------------------------------------------------------------------------- the runner
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def generate(settings: GenerateSettings) -> dict[str, Any]:
     """Generate the images of ``settings`` that ``settings.out`` does not hold yet (module docstring).
 
@@ -422,7 +417,7 @@ def generate(settings: GenerateSettings) -> dict[str, Any]:
     summary = {"generated": 0, "skipped": len(wanted) - len(missing), "images": len(wanted), "out": out,
                "records": os.path.join(out, RECORDS_FILE), "settings": recorded}
     if missing:
-        device = _device(settings.device)
+        device = resolve_device(None if settings.device == "auto" else settings.device)
         with library_progress_bars(settings.progress):
             pipeline = load_pipeline(settings, family, recorded, device)
         prepare_folder(out, settings.overwrite)
