@@ -192,6 +192,9 @@ def test_options_and_data_are_checked(tiny_model_dir, prompts_txt):
     inputs, generator = encoded(model, prompts_txt, method)
     with pytest.raises(UsageError, match="seed-from images needs an 'image'"):
         method.compute_loss(model, inputs, generator)
+    uneven = build_method(TrainConfig(method="self-npo", method_args={"grid_steps": 7}))
+    with pytest.raises(OptionError, match="grid-steps must divide the model's 1000 training timesteps, got 7"):
+        uneven.compute_loss(model, *encoded(model, prompts_txt, uneven))
     from diffalign.cli import main
 
     assert main(["train", "--method", "self-npo", "--model", "m", "--data", "d", "--reference", "copy"]) == 2

@@ -114,6 +114,9 @@ class SelfNPO(DenoisingMethod):
         cond: Conditioning = inputs["cond"]
         batch = cond.prompt_embeds.shape[0]
         null = model.null_conditioning().map(lambda tensor: tensor.expand(batch, *tensor.shape[1:]))
+        if model.num_train_timesteps % config.grid_steps:
+            raise OptionError("grid_steps", f"must divide the model's {model.num_train_timesteps} training timesteps, "
+                                            f"got {config.grid_steps}")
         grid = ddim_grid(config.grid_steps, model.num_train_timesteps)
         stride = model.num_train_timesteps // config.grid_steps
         _check_x0_is_finite(model)
