@@ -64,6 +64,8 @@ def _add_plugin_commands(subparsers) -> None:
         ("diffalign.rewards.cli", ("add_score_command", "add_pairs_command", "add_captions_command")),
         ("diffalign.toy.cli", ("add_toy_command", "add_demo_command")),
         ("diffalign.pipelines.cli", ("add_generate_command",)),
+        ("diffalign.rewards.user_cli", ("add_users_command",)),
+        ("diffalign.benchmarks.cli", ("add_bench_command",)),
     ):
         try:
             module = importlib.import_module(module_name)

@@ -43,10 +43,10 @@ LAYERS: dict[str, int] = {
     "diffalign.rewards": 4,
     "diffalign.training": 5,
     "diffalign.pipelines": 5,
-    "diffalign.toy": 6,
     "diffalign.benchmarks": 6,
-    "diffalign.cli": 7,
-    "diffalign.__main__": 7,
+    "diffalign.toy": 7,  # the embedded default drives everything below it, the benchmark evaluator too
+    "diffalign.cli": 8,
+    "diffalign.__main__": 8,
 }
 
 ROOT = "diffalign"
