@@ -250,9 +250,9 @@ def test_checker_reports_upward_imports():
     violations = check_source(SYNTHETIC, "diffalign.objectives.fake", False, file, known)
     expected = [
         f"{file}:8 imports diffalign.training (layer 5) from diffalign.objectives (layer 1)",
-        f"{file}:12 imports diffalign.toy.judge (layer 6) from diffalign.objectives (layer 1)",
+        f"{file}:12 imports diffalign.toy.judge (layer 7) from diffalign.objectives (layer 1)",
         f"{file}:13 imports diffalign.methods (layer 4) from diffalign.objectives (layer 1)",
-        f"{file}:14 imports diffalign.cli (layer 7) from diffalign.objectives (layer 1)",
+        f"{file}:14 imports diffalign.cli (layer 8) from diffalign.objectives (layer 1)",
         f"{file}:15 imports diffalign.unplaced (unknown package diffalign.unplaced: add it to LAYERS) from diffalign.objectives (layer 1)",
         f"{file}:17 imports diffalign.benchmarks.inversion_cost (layer 6) from diffalign.objectives (layer 1)",
         f"{file}:18 imports diffalign.data (layer 3) from diffalign.objectives (layer 1)",
@@ -264,7 +264,7 @@ def test_checker_reports_upward_imports():
 @pytest.mark.parametrize(
     "module, source, expected",
     [
-        ("diffalign.toy.world", "from diffalign.benchmarks import x\n", "imports diffalign.benchmarks (layer 6) from diffalign.toy (layer 6)"),
+        ("diffalign.pipelines.generate", "from diffalign.training import x\n", "imports diffalign.training (layer 5) from diffalign.pipelines (layer 5)"),
         ("diffalign.diffusion.model", "from ..text import model\n", "imports diffalign.text (layer 2) from diffalign.diffusion (layer 2)"),
         ("diffalign.newthing.x", "import torch\n", "module diffalign.newthing.x is in diffalign.newthing (unknown package: add it to LAYERS)"),
     ],
