@@ -34,6 +34,16 @@ def add_generate_command(subparsers) -> argparse.ArgumentParser:
     model.add_argument("--negative-base", metavar="BASE", help="the model the negative was trained from (default: --model)")
     model.add_argument("--merge-weight", type=float, metavar="M", help="negative weights = trained negative + (1 - M) "
                        "(positive - base); 1 uses the trained negative as is (default: 0, the official default)")
+    personal = parser.add_argument_group("personalisation (PPD)")
+    personal.add_argument("--user-adapter", metavar="RUN", help="a `diffalign train --method ppd` output folder (user_adapter.safetensors)")
+    personal.add_argument("--user-embeddings", metavar="EMB", help="a `diffalign users embed` folder, for --user and --interpolate")
+    personal.add_argument("--user", metavar="U", help="generate for user U of --user-embeddings (the mean of its chunks' embeddings)")
+    personal.add_argument("--interpolate", nargs=2, metavar=("A", "B"), help="generate for (1 - alpha) u_A + alpha u_B")
+    personal.add_argument("--alpha", type=float, metavar="a", help="the interpolation weight of user B")
+    personal.add_argument("--user-shots", metavar="FILE", help="a user's example pairs (jsonl: prompt, chosen, rejected), embedded "
+                          "on the fly with the adapter's encoder")
+    personal.add_argument("--user-scale", type=float, metavar="LAMBDA", help="personalisation strength (default: the training "
+                          "value, 1; 0 is the base model)")
     sampling = parser.add_argument_group("prompts and sampling")
     sampling.add_argument("--prompts", "--prompt", dest="prompts", required=True, metavar="FILE_OR_TEXT",
                           help='.txt file (one prompt per non-empty line), .jsonl file ({"prompt": ...} per line) or one prompt')
@@ -70,6 +80,8 @@ def settings_from_args(args: argparse.Namespace):
         negative_base=args.negative_base, merge_weight=args.merge_weight, negative_prompt=args.negative_prompt,
         batch_size=args.batch_size, height=args.height, width=args.width, scheduler=args.scheduler, dtype=args.dtype,
         device=args.device, revision=args.revision, progress=args.progress_bar, overwrite=args.overwrite,
+        user_adapter=args.user_adapter, user_embeddings=args.user_embeddings, user=args.user, interpolate=args.interpolate,
+        alpha=args.alpha, user_shots=args.user_shots, user_scale=args.user_scale,
     )
 
 

@@ -24,7 +24,12 @@ folder (``diffusion-npo --lora-rank``) fused onto ``negative_base`` (default: th
 Its weights are ``theta_neg = theta_negtrained + (1 - m) (theta_pos - theta_base)`` with ``m =
 merge_weight`` (default 0, the official default) and ``theta_base`` the UNet of ``negative_base``; when
 the positive is that base (no LoRA, same model) the correction is zero and is skipped.
+
+Personalised (PPD): ``user_adapter`` (a ``diffalign train --method ppd`` output) with one user
+embedding source, a user of ``user_embeddings``, an ``interpolate`` between two with ``alpha``, or
+``user_shots`` embedded on the fly (``diffalign.pipelines.user_inputs``); ``user_scale`` is lambda.
 """
+
 
 from __future__ import annotations
 
@@ -47,6 +52,7 @@ from diffalign.pipelines.generation_folder import (
     OPTION_NAMES, RECORDS_FILE, check_same_settings, prepare_folder, read_listing, rewrite_listing, save_image,
 )
 from diffalign.pipelines.npo_merge import LORA_WEIGHT_NAME, fuse_lora_into_unet, load_unet, merge_negative_unet
+from diffalign.pipelines.user_inputs import check_user_settings, recorded_user_settings, user_embedding
 from diffalign.progress import library_progress_bars
 from diffalign.rewards.base import resolve_device
 from diffalign.rewards.records import RecordError, candidate_image_name, read_jsonl_rows, read_prompts_file
@@ -104,6 +110,14 @@ class GenerateSettings:
     revision: Optional[str] = None  # of --model on the hub
     progress: bool = True
     overwrite: bool = False
+    # PPD personalisation (diffalign.pipelines.user_inputs): an adapter and one source of the user embedding
+    user_adapter: Optional[str] = None
+    user_embeddings: Optional[str] = None
+    user: Optional[str] = None
+    interpolate: Optional[Sequence[str]] = None
+    alpha: Optional[float] = None
+    user_shots: Optional[str] = None
+    user_scale: Optional[float] = None  # the adapter's training value (1)
 
 
 def check_settings(settings: GenerateSettings) -> None:
@@ -136,6 +150,7 @@ def check_settings(settings: GenerateSettings) -> None:
         raise UsageError(f"--device must be one of {', '.join(DEVICES)}, got {settings.device!r}")
     if settings.device == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda, but torch sees no CUDA device: use --device cpu or auto")
+    check_user_settings(settings)
     if settings.negative_model is None:
         for name in ("negative_base", "merge_weight"):
             if getattr(settings, name) is not None:
@@ -312,6 +327,15 @@ def resolve_settings(settings: GenerateSettings) -> tuple[str, dict[str, Any]]:
         "width": settings.width if settings.width is not None else size,
         "dtype": settings.dtype,
     }
+    adapter = None
+    if settings.user_adapter is not None:
+        from diffalign.pipelines.personalized import read_user_adapter_config
+
+        adapter = read_user_adapter_config(settings.user_adapter)
+        if adapter.get("family") not in (None, family):
+            raise UsageError(f"--user-adapter {settings.user_adapter} was trained on an {FAMILY_NAMES[adapter['family']]} model "
+                             f"but --model {settings.model} is an {FAMILY_NAMES[family]} model")
+    recorded.update(recorded_user_settings(settings, adapter, _local_or_id))
     return family, recorded
 
 
@@ -332,20 +356,24 @@ def _loading(what: str) -> Iterator[None]:
 
 
 def load_pipeline(settings: GenerateSettings, family: str, recorded: dict[str, Any], device: torch.device):
-    """The generation pipeline (``StableDiffusionNPOPipeline`` / ``StableDiffusionXLNPOPipeline``): the
-    positive model with its LoRA fused in, the negative UNet where one is given (else plain classifier-
+    """The generation pipeline (``StableDiffusionNPOPipeline`` / ``StableDiffusionXLNPOPipeline``, or with
+    ``user_adapter`` the PPD pipelines of ``diffalign.pipelines.personalized``): the positive model with its LoRA fused in, the negative UNet where one is given (else plain classifier-
     free guidance), in ``settings.dtype`` on ``device``, its own progress bar off. Weights are combined in
     float32 and cast afterwards."""
     from diffalign.diffusion.model import cast
     from diffalign.pipelines.stable_diffusion_npo import StableDiffusionNPOPipeline
     from diffalign.pipelines.stable_diffusion_xl_npo import StableDiffusionXLNPOPipeline
 
-    pipeline_class = StableDiffusionXLNPOPipeline if family == "sdxl" else StableDiffusionNPOPipeline
     extra = {} if family == "sdxl" else {"safety_checker": None, "requires_safety_checker": False}
+    if settings.user_adapter is not None:
+        from diffalign.pipelines.personalized import StableDiffusionPPDPipeline, StableDiffusionXLPPDPipeline
+
+        pipeline_class = StableDiffusionXLPPDPipeline if family == "sdxl" else StableDiffusionPPDPipeline
+    else:
+        pipeline_class = StableDiffusionXLNPOPipeline if family == "sdxl" else StableDiffusionNPOPipeline
+        extra["negative_unet"] = None  # a pipeline saved with a negative_unet/ must not guide with it unasked
     with _loading(f"--model {settings.model!r}"):
-        # negative_unet=None: a pipeline saved with a negative_unet/ must not guide with it unasked
-        pipeline = pipeline_class.from_pretrained(settings.model, revision=settings.revision,
-                                                  negative_unet=None, **extra)
+        pipeline = pipeline_class.from_pretrained(settings.model, revision=settings.revision, **extra)
     if settings.lora is not None:
         with _loading(f"--lora {settings.lora!r}"):
             pipeline.load_lora_weights(settings.lora, weight_name=LORA_WEIGHT_NAME)
@@ -355,6 +383,9 @@ def load_pipeline(settings: GenerateSettings, family: str, recorded: dict[str, A
         pipeline.scheduler = scheduler_class(settings.scheduler).from_config(pipeline.scheduler.config)
     if settings.negative_model is not None:
         pipeline.negative_unet = negative_unet(settings, recorded, pipeline.unet)
+    if settings.user_adapter is not None:
+        with _loading(f"--user-adapter {settings.user_adapter!r}"):
+            pipeline.load_user_adapter(settings.user_adapter)
     dtype = DTYPES[settings.dtype]
     for name, component in pipeline.components.items():
         if isinstance(component, torch.nn.Module) and not (name == "negative_unet" and component is pipeline.unet):
@@ -417,13 +448,18 @@ def generate(settings: GenerateSettings) -> dict[str, Any]:
     summary = {"generated": 0, "skipped": len(wanted) - len(missing), "images": len(wanted), "out": out,
                "records": os.path.join(out, RECORDS_FILE), "settings": recorded}
     if missing:
+        user = None
+        if settings.user_adapter is not None:
+            from diffalign.pipelines.personalized import read_user_adapter_config
+
+            user = user_embedding(settings, read_user_adapter_config(settings.user_adapter))
         device = resolve_device(None if settings.device == "auto" else settings.device)
         with library_progress_bars(settings.progress):
             pipeline = load_pipeline(settings, family, recorded, device)
         prepare_folder(out, settings.overwrite)
         if listing.stale:
             rewrite_listing(out, listing)
-        summary["generated"] = _generate_missing(pipeline, settings, recorded, prompts, missing, str(device))
+        summary["generated"] = _generate_missing(pipeline, settings, recorded, prompts, missing, str(device), user)
     elif listing.stale:
         rewrite_listing(out, listing)
     summary["seconds"] = round(time.perf_counter() - started, 3)
@@ -431,8 +467,9 @@ def generate(settings: GenerateSettings) -> dict[str, Any]:
 
 
 def _generate_missing(pipeline, settings: GenerateSettings, recorded: dict[str, Any], prompts: list[str],
-                      missing: list[tuple[int, int]], device: str) -> int:
-    """Generate the ``missing`` images in batches, appending each one's row after its PNG is in place."""
+                      missing: list[tuple[int, int]], device: str, user: Optional[torch.Tensor] = None) -> int:
+    """Generate the ``missing`` images in batches, appending each one's row after its PNG is in place;
+    ``user``: the user embedding of a personalised pipeline."""
     from tqdm.auto import tqdm
 
     records_path = os.path.join(settings.out, RECORDS_FILE)
@@ -453,6 +490,8 @@ def _generate_missing(pipeline, settings: GenerateSettings, recorded: dict[str, 
             )
             if recorded["negative_prompt"] is not None:
                 call["negative_prompt"] = [recorded["negative_prompt"]] * len(batch)
+            if user is not None:
+                call.update(user_embedding=user, user_scale=recorded["user_scale"])
             images = pipeline(**call).images
             for (i, j), seed, image in zip(batch, seeds, images):
                 name = candidate_image_name(i, j)

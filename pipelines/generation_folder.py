@@ -26,7 +26,8 @@ from diffalign.rewards.records import parse_candidate_image_name
 RECORDS_FILE = "generations.jsonl"
 # settings recorded with every image that decide it; a folder holds images of one setting only
 SETTING_KEYS = ("model", "revision", "lora", "negative_model", "negative_base", "merge_weight", "negative_prompt",
-                "guidance", "steps", "scheduler", "height", "width", "dtype")
+                "guidance", "steps", "scheduler", "height", "width", "dtype", "user_adapter", "user_embeddings", "user",
+                "interpolate", "alpha", "user_shots", "user_scale")
 OPTION_NAMES = {key: "--" + key.replace("_", "-") for key in SETTING_KEYS}
 _PARTIAL = ".partial"
 

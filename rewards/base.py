@@ -24,7 +24,6 @@ Helpers shared by the implementations: ``batched`` (fixed-size chunks with a tqd
 from __future__ import annotations
 
 import importlib
-import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Callable, ClassVar, Iterator, Sequence, TypeVar
@@ -33,6 +32,7 @@ import torch
 from PIL import Image
 
 from diffalign.errors import UnknownNameError, UsageError
+from diffalign.plugins import load_plugins
 
 T = TypeVar("T")
 
@@ -103,13 +103,7 @@ def _load_builtin_scorers() -> None:
     _builtins_loaded = True
     for module in _BUILTIN_MODULES:
         importlib.import_module(module)
-    from importlib.metadata import entry_points
-
-    for entry_point in entry_points(group=ENTRY_POINT_GROUP):
-        try:
-            entry_point.load()  # importing the named module runs its @register_scorer decorators
-        except Exception as error:  # a broken plugin must not take the other scorers down with it
-            warnings.warn(f"scorer plugin {entry_point.name!r} ({entry_point.value}) failed to load: {error!r}", RuntimeWarning, stacklevel=3)
+    load_plugins(ENTRY_POINT_GROUP)  # importing each named module runs its @register_scorer decorators
 
 
 def registered_scorers() -> dict[str, Callable[..., Scorer | PairwiseScorer]]:

@@ -19,6 +19,31 @@ from diffalign.rewards.base import batched, resolve_device, resolve_dtype
 JudgeRequest = tuple[Sequence[Image.Image], str]
 
 
+def load_image_text_model(model: str, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
+                          role: str = "judge"):
+    """``(processor, model, device, dtype)``: ``AutoProcessor`` + ``AutoModelForImageTextToText`` from a folder
+    or hub id, in eval mode on ``device`` (default CUDA + bfloat16 when available, else CPU float32), the
+    tokenizer padding on the left for batched generation. ``role`` names the model in the load error."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    device = resolve_device(device)
+    dtype = torch.bfloat16 if dtype is None and device.type == "cuda" else resolve_dtype(dtype, device)
+    try:
+        processor = AutoProcessor.from_pretrained(model)
+        loaded = AutoModelForImageTextToText.from_pretrained(model, dtype=dtype)
+    except (OSError, ValueError) as error:
+        raise ModelLoadError(f"cannot load {role} model {model!r}: {error}") from error
+    processor.tokenizer.padding_side = "left"
+    return processor, loaded.to(device).eval(), device, dtype
+
+
+def chat_prompt(processor, content: list[dict]) -> str:
+    """The chat-template text of one user message of ``content`` parts (``{"type": "image"}``,
+    ``{"type": "text", "text": ...}``), ending with the opening of the assistant's answer."""
+    messages = [{"role": "user", "content": content}]
+    return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+
 class TransformersJudge:
     """Greedy-decoding VLM judge.
 
@@ -39,25 +64,14 @@ class TransformersJudge:
         max_new_tokens: int = 1024,
         progress: bool = True,
     ):
-        from transformers import AutoModelForImageTextToText, AutoProcessor
-
-        self.device = resolve_device(device)
-        self.dtype = torch.bfloat16 if dtype is None and self.device.type == "cuda" else resolve_dtype(dtype, self.device)
-        try:
-            self.processor = AutoProcessor.from_pretrained(model)
-            self.model = AutoModelForImageTextToText.from_pretrained(model, dtype=self.dtype)
-        except (OSError, ValueError) as error:
-            raise ModelLoadError(f"cannot load judge model {model!r}: {error}") from error
-        self.processor.tokenizer.padding_side = "left"
-        self.model.to(self.device).eval()
+        self.processor, self.model, self.device, self.dtype = load_image_text_model(model, device, dtype, role="judge")
         self.batch_size = batch_size
         self.max_new_tokens = max_new_tokens
         self.progress = progress
 
     def _chat_text(self, num_images: int, text: str) -> str:
         content = [{"type": "image"} for _ in range(num_images)] + [{"type": "text", "text": text}]
-        messages = [{"role": "user", "content": content}]
-        return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return chat_prompt(self.processor, content)
 
     @torch.inference_mode()
     def generate(self, requests: Sequence[JudgeRequest]) -> list[str]:

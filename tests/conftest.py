@@ -77,7 +77,7 @@ def run_shortened_demo(output_dir, method: str) -> dict:
 
     code = main(["demo", "--method", method, "--output-dir", str(output_dir), "--train-prompts", "4", "--candidates", "2",
                  "--eval-prompts", "3", "--eval-seeds", "1", "--steps", "2", "--batch-size", "2", "--threads", "1",
-                 "--no-progress"])
+                 "--bench-prompts", "2", "--no-progress"])
     assert code == 0
     return json.loads((output_dir / "report.json").read_text())
 

@@ -21,5 +21,9 @@ def test_shortened_npo_demo(tmp_path, method):
         assert report["pairs"]["pairs"] >= 1
     rows = [json.loads(line) for line in (tmp_path / "eval" / "eval.jsonl").read_text().splitlines()]
     assert len(rows) == 3 and all((tmp_path / "eval" / row["aligned"]).is_file() for row in rows)
+    # the demo ends with the toy bench of base and aligned (NPO-guided) as a two-row leaderboard
+    assert list(report["bench"]["overall"]) == ["base", method] and report["bench"]["prompts"] == 2
+    board = json.loads((tmp_path / "bench" / "leaderboard" / "leaderboard.json").read_text())
+    assert {row["label"] for row in board["rows"]} == {"base", f"{method} (NPO-guided)"}
     card = (tmp_path / "model" / "README.md").read_text()
     assert "negative model" in card and "diffalign generate" in card and "--negative-model" in card

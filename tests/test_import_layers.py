@@ -33,6 +33,7 @@ LAYERS: dict[str, int] = {
     "diffalign.options": 1,
     "diffalign.hub": 1,
     "diffalign.progress": 1,
+    "diffalign.plugins": 1,
     "diffalign": 0,  # the package __init__ only
     "diffalign.objectives": 1,
     "diffalign.diffusion": 2,

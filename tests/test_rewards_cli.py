@@ -268,11 +268,13 @@ def test_scorer_plugins_load_through_entry_points():
 def test_a_broken_scorer_plugin_warns_and_the_others_still_load(monkeypatch):
     from importlib import metadata
 
+    from diffalign import plugins
     from diffalign.rewards import base
 
     broken = metadata.EntryPoint(name="broken", value="diffalign_no_such_module", group=base.ENTRY_POINT_GROUP)
     monkeypatch.setattr(metadata, "entry_points", lambda group: [broken] if group == base.ENTRY_POINT_GROUP else [])
     monkeypatch.setattr(base, "_builtins_loaded", False)
-    with pytest.warns(RuntimeWarning, match="scorer plugin 'broken' .*failed to load"):
+    monkeypatch.setattr(plugins, "_loaded", set())
+    with pytest.warns(RuntimeWarning, match="diffalign.scorers plugin 'broken' .*failed to load"):
         names = registered_scorers()
     assert "hpsv2" in names

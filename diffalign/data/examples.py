@@ -40,7 +40,7 @@ UPSCALE_WARNING = 2
 """Warn when the median image's shorter side is less than 1/UPSCALE_WARNING of the training resolution."""
 logger = logging.getLogger(__name__)
 
-PLURAL_KEYS = {"prompt": "prompts", "user": "users", "chosen_score": "chosen_scores", "rejected_score": "rejected_scores"}
+PLURAL_KEYS = {"prompt": "prompts", "user": "users", "user_embedding": "user_embeddings", "chosen_score": "chosen_scores", "rejected_score": "rejected_scores"}
 
 
 @dataclass
@@ -64,6 +64,7 @@ class ImageOptions:
     skip_bad_rows: bool = False
     max_rows: Optional[int] = None
     progress: bool = True  # a progress bar for the up-front image check when it takes more than a moment
+    user_embeddings: Optional[str] = None  # PPD: a ``diffalign users embed`` folder conditioning each pair (user_image_pairs)
 
 
 class ImageExamples(Dataset):
@@ -216,10 +217,12 @@ def resolve_examples(table: Table, resolve: Callable[[int], Optional[Example]], 
     return examples
 
 
-def finish_examples(table: Table, examples: list[Example], options: ImageOptions, skipped: SkipReport) -> ImageExamples:
-    """The dataset of ``examples``, cut to ``max_rows``, every image checked up front (``check_images``;
-    not for a latent cache, whose images were checked when it was built)."""
-    dataset = ImageExamples(table, examples, options, skipped)
+def finish_examples(table: Table, examples: list[Example], options: ImageOptions, skipped: SkipReport,
+                    dataset_class: type[ImageExamples] = ImageExamples, **dataset_options) -> ImageExamples:
+    """The dataset of ``examples`` (a ``dataset_class`` built with ``dataset_options``), cut to
+    ``max_rows``, every image checked up front (``check_images``; not for a latent cache, whose images
+    were checked when it was built)."""
+    dataset = dataset_class(table, examples, options, skipped, **dataset_options)
     if table.encoded is None:
         dataset.check_images(options.max_rows)
     if options.max_rows is not None:

@@ -22,6 +22,12 @@ class Conditioning:
 
     prompt_embeds: torch.Tensor
     added_cond_kwargs: Optional[dict[str, torch.Tensor]] = None
+    user_embeds: Optional[torch.Tensor] = None
+    """PPD's user embeddings (B, D), for a UNet with the decoupled user branch
+    (``diffalign.diffusion.user_branch``); not text, so caption dropout and the cache leave them alone."""
+
+    def with_user_embeds(self, user_embeds: torch.Tensor) -> "Conditioning":
+        return Conditioning(self.prompt_embeds, self.added_cond_kwargs, user_embeds.to(self.prompt_embeds.device))
 
     def repeat_for_pair(self) -> "Conditioning":
         """Conditioning for a [winners; losers] batch: the same prompt conditions both halves."""
@@ -33,11 +39,13 @@ class Conditioning:
         added = None
         if parts[0].added_cond_kwargs is not None:
             added = {key: torch.cat([part.added_cond_kwargs[key] for part in parts]) for key in parts[0].added_cond_kwargs}
-        return Conditioning(torch.cat([part.prompt_embeds for part in parts]), added)
+        users = None if parts[0].user_embeds is None else torch.cat([part.user_embeds for part in parts])
+        return Conditioning(torch.cat([part.prompt_embeds for part in parts]), added, users)
 
     def map(self, function) -> "Conditioning":
         added = None if self.added_cond_kwargs is None else {k: function(v) for k, v in self.added_cond_kwargs.items()}
-        return Conditioning(function(self.prompt_embeds), added)
+        users = None if self.user_embeds is None else function(self.user_embeds)
+        return Conditioning(function(self.prompt_embeds), added, users)
 
     def where(self, mask: torch.Tensor, other: "Conditioning") -> "Conditioning":
         """Rows of ``other`` (one row, broadcast) where ``mask`` (B,) is True, else this conditioning's rows."""
@@ -48,7 +56,7 @@ class Conditioning:
         added = None
         if self.added_cond_kwargs is not None:
             added = {key: pick(value, other.added_cond_kwargs[key]) for key, value in self.added_cond_kwargs.items()}
-        return Conditioning(pick(self.prompt_embeds, other.prompt_embeds), added)
+        return Conditioning(pick(self.prompt_embeds, other.prompt_embeds), added, self.user_embeds)
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """The tensors by name (``prompt_embeds``, and SDXL's ``text_embeds``, ``time_ids``): what the cache stores."""
@@ -63,6 +71,8 @@ class Conditioning:
         kwargs = {"encoder_hidden_states": self.prompt_embeds}
         if self.added_cond_kwargs is not None:
             kwargs["added_cond_kwargs"] = self.added_cond_kwargs
+        if self.user_embeds is not None:  # IP-Adapter's input slot: one adapter, one "image" (the user) per row
+            kwargs["added_cond_kwargs"] = {**kwargs.get("added_cond_kwargs", {}), "image_embeds": [self.user_embeds[:, None, :]]}
         return kwargs
 
 

@@ -17,7 +17,10 @@ Reference handling (research/diffusion_methods_A.md §2.3):
   port): no second copy in memory. LoRA B matrices start at zero, so both give the same loss at init;
 - ``ema``: a copy of the trainable UNet (adapters included) that follows it as an exponential moving
   average (``update_reference_ema``, Self-NPO's teacher); kept in float32 so that updates of 1e-3 of a
-  step are not rounded away, run under autocast, and saved in checkpoints (``checkpointed_modules``).
+  step are not rounded away, run under autocast, and saved in checkpoints (``checkpointed_modules``);
+- ``user-off``: PPD (``user_embedding_dim``): the same UNet with its user branch at lambda = 0 (and its
+  adapters disabled, with LoRA), i.e. the base model, under no_grad: no second copy. The branch's
+  zero-initialised values make the policy equal it at init (``diffalign.diffusion.user_branch``).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import torch
 from diffalign.diffusion.attention import set_attention_backend
 from diffalign.diffusion.conditioning import Conditioning, encode_sd_prompts, encode_sdxl_prompts
 from diffalign.diffusion.noising import add_noise, epsilon_from_velocity, velocity, x0_from_epsilon, x0_from_velocity
+from diffalign.diffusion.user_branch import add_user_branch, has_user_branch, user_branch_scale, user_branch_state_dict
 from diffalign.errors import ModelLoadError
 from diffalign.hub import hub_unavailable_as_error, require_cached_when_offline
 
@@ -43,6 +47,10 @@ IMAGE_ROLES = ("chosen", "rejected", "image")
 step concatenates them: one posterior draw covers all images of a micro-batch."""
 ENCODED_SUFFIXES = ("_pixels", "_latent_mean", "_latent_std")
 DEFAULT_LORA_TARGETS = ["to_k", "to_q", "to_v", "to_out.0"]
+USER_ADAPTER_FILE = "user_adapter.safetensors"
+USER_ADAPTER_CONFIG = "user_adapter.json"
+"""PPD's export: the user branch in IP-Adapter's layout, and what generating with it needs (the base
+model, the embedding size and how the embeddings were made)."""
 
 
 @dataclass
@@ -135,6 +143,8 @@ class DiffusionModel:
         self.device = torch.device("cpu")
         self.weight_dtype = torch.float32
         self._empty_conditioning: Optional[Conditioning] = None
+        self.user_adapter_info: dict = {}
+        """What PPD's export records beside the branch (the user embeddings' encoder), set by the trainer."""
         if self.prediction_type not in ("epsilon", "v_prediction"):
             raise ModelLoadError(f"prediction_type {self.prediction_type!r} is not supported (epsilon, v_prediction)")
 
@@ -142,10 +152,14 @@ class DiffusionModel:
     @classmethod
     def from_pretrained(cls, model: str, *, reference: Optional[str] = "copy", lora: Optional[LoraSettings] = None,
                         attention: str = "sdpa", gradient_checkpointing: bool = False, resolution: Optional[int] = None,
-                        revision: Optional[str] = None, load_encoders: bool = True) -> "DiffusionModel":
+                        revision: Optional[str] = None, load_encoders: bool = True,
+                        user_embedding_dim: Optional[int] = None) -> "DiffusionModel":
         """Load the components of an SD1.x/2.x or SDXL pipeline (hub id or local folder).
 
-        ``reference``: None (no reference), ``copy``, ``adapters`` (needs ``lora``) or ``ema``.
+        ``reference``: None (no reference), ``copy``, ``adapters`` (needs ``lora``), ``ema`` or ``user-off``
+        (needs ``user_embedding_dim``).
+        ``user_embedding_dim``: install PPD's user branch for embeddings of that size; the UNet's own
+        weights are then frozen (trainable: the branch, plus the adapters with ``lora``).
         ``resolution``: of the training images; None is the model's own (UNet sample size x VAE factor).
         ``load_encoders=False``: only the VAE's config is read, and neither the VAE nor the text encoders
         are loaded (training from a latent cache).
@@ -162,6 +176,8 @@ class DiffusionModel:
             )
         if reference == "adapters" and lora is None:
             raise ModelLoadError("reference 'adapters' needs LoRA (--lora-rank > 0); use reference 'copy' for full fine-tuning")
+        if (reference == "user-off") != (user_embedding_dim is not None):
+            raise ValueError("reference 'user-off' and user_embedding_dim go together")
 
         def load(loader, subfolder):
             try:
@@ -195,9 +211,12 @@ class DiffusionModel:
         reference_unet = None
         if reference == "copy":
             reference_unet = copy.deepcopy(unet).requires_grad_(False).eval()
-        if lora is not None:
+        if lora is not None or user_embedding_dim is not None:
             unet.requires_grad_(False)
+        if lora is not None:
             unet.add_adapter(lora.peft_config())
+        if user_embedding_dim is not None:  # after the backend (the branch follows it) and the adapters (never on the branch)
+            add_user_branch(unet, user_embedding_dim)
         if reference == "ema":  # after the adapters: the teacher averages them too
             reference_unet = copy.deepcopy(unet).requires_grad_(False).eval()
         if gradient_checkpointing:
@@ -227,7 +246,7 @@ class DiffusionModel:
 
     def place(self, device: torch.device, dtype: torch.dtype) -> None:
         """Frozen text encoders and reference in ``dtype``; the VAE stays float32 (SD VAEs overflow in fp16).
-        With LoRA the frozen base weights are cast too, the trainable adapters stay float32."""
+        With LoRA or a user branch the frozen base weights are cast too, the trainable ones stay float32."""
         self.device = torch.device(device)
         self.weight_dtype = dtype
         if self.vae is not None:
@@ -239,7 +258,7 @@ class DiffusionModel:
             if self.reference_mode == "copy":
                 cast(self.reference_unet, dtype)
         self.unwrapped_unet.to(self.device)
-        if self.lora is not None and dtype != torch.float32:
+        if (self.lora is not None or has_user_branch(self.unwrapped_unet)) and dtype != torch.float32:
             cast(self.unwrapped_unet, dtype)
             for parameter in self.unwrapped_unet.parameters():
                 if parameter.requires_grad:
@@ -247,8 +266,12 @@ class DiffusionModel:
 
     def export(self, output_dir: str, unwrapped: torch.nn.Module) -> None:
         """Full fine-tuning: a complete diffusers pipeline folder at ``output_dir`` (``from_pretrained`` it).
-        LoRA: ``pytorch_lora_weights.safetensors`` there, for ``pipe.load_lora_weights(output_dir)``."""
+        LoRA: ``pytorch_lora_weights.safetensors`` there, for ``pipe.load_lora_weights(output_dir)``.
+        PPD (a user branch): ``user_adapter.safetensors`` + ``user_adapter.json`` (and the LoRA file with
+        LoRA), for the base model's pipeline: the UNet's own weights did not change."""
         pipeline_class = self.pipeline_class()
+        if has_user_branch(unwrapped):
+            self._export_user_adapter(output_dir, unwrapped)
         if self.lora is not None:
             from peft.utils import get_peft_model_state_dict
             from diffusers.utils import convert_state_dict_to_diffusers
@@ -260,12 +283,24 @@ class DiffusionModel:
             pipeline_class.save_lora_weights(output_dir, unet_lora_layers=layers, safe_serialization=True,
                                              unet_lora_adapter_metadata=metadata)
             return
+        if has_user_branch(unwrapped):
+            return
         unet = cast(copy.deepcopy(unwrapped).to("cpu"), torch.float32)
         if self.has_encoders:
             pipeline = self.build_pipeline(unet=unet, device="cpu")
         else:  # trained from a latent cache: the other components come from the source model's files
             pipeline = pipeline_class.from_pretrained(self.source, unet=unet, revision=self.revision)
         pipeline.save_pretrained(output_dir, safe_serialization=True)
+
+    def _export_user_adapter(self, output_dir: str, unwrapped: torch.nn.Module) -> None:
+        from safetensors.torch import save_file
+
+        state = user_branch_state_dict(unwrapped)
+        save_file(state, os.path.join(output_dir, USER_ADAPTER_FILE))
+        config = {"base_model": self.source, "revision": self.revision, "family": self.family,
+                  "embedding_dim": state["image_proj.proj.weight"].shape[1], **self.user_adapter_info}
+        with open(os.path.join(output_dir, USER_ADAPTER_CONFIG), "w", encoding="utf-8") as handle:
+            json.dump(config, handle, indent=2)
 
     # ------------------------------------------------------------------------------ generation
     def pipeline_class(self):
@@ -413,13 +448,9 @@ class DiffusionModel:
         if self.reference_mode in ("copy", "ema"):
             with self._autocast():
                 return self.reference_unet(noisy_latents, timesteps, **cond.unet_kwargs()).sample.detach()
-        if self.reference_mode == "adapters":
-            self.unwrapped_unet.disable_adapters()
-            try:
-                with self._autocast():
-                    return self.unwrapped_unet(noisy_latents, timesteps, **cond.unet_kwargs()).sample.detach()
-            finally:
-                self.unwrapped_unet.enable_adapters()
+        if self.reference_mode in ("adapters", "user-off"):
+            with self._base_weights(), self._autocast():
+                return self.unwrapped_unet(noisy_latents, timesteps, **cond.unet_kwargs()).sample.detach()
         raise RuntimeError("this model was loaded without a reference (reference=None)")
 
     @torch.no_grad()
@@ -439,6 +470,17 @@ class DiffusionModel:
     def checkpointed_modules(self) -> list[torch.nn.Module]:
         """Modules a checkpoint must hold besides the trainable one: the EMA reference, which training changes."""
         return [self.reference_unet] if self.reference_mode == "ema" else []
+
+    @contextlib.contextmanager
+    def _base_weights(self):
+        """The trainable UNet as the base model inside the block: adapters disabled, user branch at lambda = 0."""
+        with contextlib.ExitStack() as stack:
+            if has_user_branch(self.unwrapped_unet):
+                stack.enter_context(user_branch_scale(self.unwrapped_unet, 0.0))
+            if self.lora is not None:
+                self.unwrapped_unet.disable_adapters()
+                stack.callback(self.unwrapped_unet.enable_adapters)
+            yield
 
     def _autocast(self):
         if self.weight_dtype == torch.float32:

@@ -7,6 +7,7 @@ from diffalign.methods import diffusion_dpo, inpo, mapo, sft, smpo  # noqa: F401
 from diffalign.methods import diffusion_npo  # noqa: F401
 from diffalign.methods import self_npo  # noqa: F401
 from diffalign.methods import tdpo, tkto, diffusion_kto  # noqa: F401
+from diffalign.methods import ppd  # noqa: F401
 from diffalign.methods import text_cpo  # noqa: F401
 from diffalign.methods import text_dpo  # noqa: F401
 from diffalign.methods import text_ipo  # noqa: F401

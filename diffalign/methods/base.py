@@ -12,7 +12,12 @@ A method is a small class that declares what it needs and computes a loss:
   must be provided; ``ema_reference``: whether that reference is instead an exponential moving
   average of the policy (a teacher that follows it, saved in checkpoints), which the method updates in
   ``after_optimizer_step``;
+- ``user_conditioned``: whether the policy is the base model plus PPD's user branch, the reference
+  being the same network with the branch off (``diffalign.diffusion.user_branch``);
 - ``encode_options()``: keyword arguments of the model's encode step (``caption_dropout``);
+- ``data_options()`` / ``model_options()``: what the method adds to the data options (a user
+  embeddings folder) and to the model loading (the user branch's embedding size);
+- optionally ``prepare_model(model)``: called once the model is loaded (records for the export);
 - ``compute_loss(model, inputs, generator)`` on the encoded batch (``model.encode_batch``: latents and
   conditioning, never pixels or prompts), with all randomness drawn from ``generator`` so that tests
   and resumed runs reproduce it;
@@ -64,6 +69,7 @@ class Method(ABC):
     negative_model: ClassVar[bool] = False
     """Whether the trained model is a negative model (Diffusion-NPO, Self-NPO): the negative branch of
     NPO-guided classifier-free guidance (``diffalign.pipelines``), not a model to sample from alone."""
+    user_conditioned: ClassVar[bool] = False
 
     def __init__(self, config: MethodConfig | None = None):
         self.config = config if config is not None else self.config_class()
@@ -71,6 +77,17 @@ class Method(ABC):
     def encode_options(self) -> dict[str, Any]:
         """Keyword arguments the training loop passes to ``model.encode_batch`` (none by default)."""
         return {}
+
+    def data_options(self) -> dict[str, Any]:
+        """Fields the method sets in the data format's options (none by default)."""
+        return {}
+
+    def model_options(self) -> dict[str, Any]:
+        """Keyword arguments the method adds to the modality's model loading (none by default)."""
+        return {}
+
+    def prepare_model(self, model: Any) -> None:
+        """Called once after the model is loaded, before training (nothing by default)."""
 
     @abstractmethod
     def compute_loss(self, model: Any, inputs: dict[str, Any], generator: torch.Generator | None = None) -> ObjectiveOutput:

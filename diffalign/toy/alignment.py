@@ -106,11 +106,17 @@ def aligned_pipeline(method, base_pipe, model_dir: str | Path):
 
 
 def align(train_config) -> dict:
-    """``diffalign.training.train`` on ``train_config``; its summary, with the ``learning_rate`` and
-    ``method_args`` it trained with."""
+    """``diffalign.training.train`` on ``train_config``; its summary, with the ``learning_rate``,
+    ``method_args`` and ``batch_size`` it trained with."""
     from diffalign.training import train
 
     summary = train(train_config)
     summary["learning_rate"] = train_config.learning_rate
     summary["method_args"] = train_config.method_args
+    summary["batch_size"] = train_config.train_batch_size
     return summary
+
+
+def training_record(summary: dict) -> dict:
+    """What a demo report quotes of an ``align`` summary."""
+    return {key: summary[key] for key in ("steps", "learning_rate", "method_args", "batch_size", "final_metrics", "seconds")}

@@ -66,7 +66,8 @@ def add_demo_command(subparsers) -> None:
     demo.add_argument("--method", default=defaults.method, help="a registered diffusion method that trains on image pairs, prompts or captioned images")
     demo.add_argument("--output-dir", default=defaults.output_dir)
     demo.add_argument("--model", default=None, help="base pipeline folder (default: the shipped toy preset)")
-    for name in ("train_prompts", "candidates", "eval_prompts", "eval_seeds", "steps", "batch_size", "generation_batch", "grid_prompts", "seed"):
+    for name in ("train_prompts", "candidates", "eval_prompts", "eval_seeds", "steps", "batch_size", "generation_batch", "grid_prompts",
+                 "bench_prompts", "seed"):
         demo.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
     demo.add_argument("--eval-split", default=defaults.eval_split, choices=EVAL_SPLITS,
                       help="held-out: the reported evaluation; validation: unused training prompts (for choosing settings)")
@@ -98,6 +99,13 @@ def run_demo_command(args) -> int:
 
     config = _config_from_args(DemoConfig, args, method_args=dict(args.method_arg), progress=not args.no_progress)
     report = run_demo(config)  # a UserError: one line and exit code 2 (diffalign.cli.main)
+    if "users" in report:  # PPD: one line per user
+        for name, user in report["users"].items():
+            print(f"{report['method']} for {user['kind']} user {name}: win rate {user['win_rate']:.3f} over the base by their own "
+                  f"judge, reward {user['reward_before']:.4f} -> {user['reward_after']:.4f}")
+        print(f"report: {args.output_dir}/report.md")
+        print(f"total time: {report['seconds']:.1f} s")
+        return 0
     print(f"{report['method']}: reward {report['reward_before']:.4f} -> {report['reward_after']:.4f}, "
           f"win rate {report['win_rate']:.3f} on {report['n_prompts']} {report['eval_split']} prompts ({report['n_comparisons']} images each)")
     print(f"report: {args.output_dir}/report.md")

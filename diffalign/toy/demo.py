@@ -25,7 +25,10 @@
    method that trains a negative model (``self-npo``, ``diffusion-npo``) "aligned" is NPO-guided CFG
    (``alignment.aligned_pipeline``): the base as the positive branch, the trained model as the
    negative one, against the base's plain CFG at the same guidance scale.
-5. **Report** (``reporting``).
+5. **Bench** (``diffalign.toy.bench.demo_leaderboard``): the toy benchmark (UniGenBench's protocol on
+   held-out captions, ``bench_prompts`` of them) of the base and the aligned model, and their
+   two-row leaderboard (``bench/leaderboard/leaderboard.html``).
+6. **Report** (``reporting``).
 
 The evaluation protocol (prompts, seeds, sampler, judge) is fixed in ``evaluation``; no option of a
 method changes it. The measured results, and the validation runs that chose the defaults, are in the
@@ -48,7 +51,7 @@ import torch
 
 from diffalign.errors import UsageError
 from diffalign.toy import world
-from diffalign.toy.alignment import align, aligned_pipeline, check_method as _check_method, toy_train_config
+from diffalign.toy.alignment import align, aligned_pipeline, check_method as _check_method, toy_train_config, training_record
 from diffalign.toy.captioning import render_images, write_captioned_images
 from diffalign.toy.evaluation import check_eval_split, evaluate, evaluation_prompts
 from diffalign.toy.generation import candidate_sampling, generate_per_prompt
@@ -57,7 +60,8 @@ from diffalign.toy.pairing import judge_and_pair
 from diffalign.toy.preset import SAMPLING, TOY_MODEL_DIR, load_toy_pipeline
 from diffalign.toy.reporting import StageClock, save_comparison_grid, save_reward_distributions, save_training_curves, write_report
 
-FITTING_FORMATS = ("image_pairs", "scored_image_pairs", "chosen_images", "labelled_images", "prompts", "captioned_images")
+FITTING_FORMATS = ("image_pairs", "scored_image_pairs", "chosen_images", "labelled_images", "prompts", "captioned_images",
+                   "user_image_pairs")
 CAPTION_IMAGES = ("renders", "samples")
 CANDIDATE_SEED_STRIDE = 1_000_000  # candidates of --seed s start at seed s * 1_000_000
 
@@ -84,6 +88,7 @@ class DemoConfig:
     candidate_eta: Optional[float] = 1.0  # DDIM eta for the candidates (1: stochastic, more diverse); None: preset.SAMPLING's
     generation_batch: int = 64
     grid_prompts: int = 8
+    bench_prompts: int = 60  # toy-bench prompts for the base-vs-aligned leaderboard (diffalign.toy.bench); 0 skips it
     seed: int = 0  # picks the training prompts and the candidates' seeds, and seeds the training unless train_seed is set
     train_seed: Optional[int] = None  # the training's seed alone (same pairs, other batches and noise)
     threads: Optional[int] = 1  # torch.set_num_threads (1: robust on shared machines, deterministic); None keeps torch's default
@@ -91,8 +96,9 @@ class DemoConfig:
 
 
 def check_method(name: str):
-    """The method class, or a ``ValueError`` listing the methods that fit the demo's data (image pairs, prompts or captioned images)."""
-    return _check_method(name, FITTING_FORMATS, data="image pairs, prompts or captioned images")
+    """The method class, or a ``ValueError`` listing the methods that fit the demo's data (image pairs,
+    prompts, captioned images or user-tagged pairs)."""
+    return _check_method(name, FITTING_FORMATS, data="image pairs, prompts, captioned images or user-tagged pairs")
 
 
 def run_demo(config: DemoConfig) -> dict:
@@ -100,8 +106,28 @@ def run_demo(config: DemoConfig) -> dict:
     import diffalign  # noqa: F401  (torchvision CPU shim)
     from diffalign.progress import library_progress_bars
 
+    if check_method(config.method).data_format == "user_image_pairs":  # PPD: several toy users, one model
+        from diffalign.toy.personalization import run_ppd_demo
+
+        return run_ppd_demo(config)
     with library_progress_bars(config.progress):
         return _run_demo(config)
+
+
+def start_demo(config: DemoConfig):
+    """What every demo does first: torch threads, the output folder, the base pipeline and the training
+    prompts; returns ``(clock, output, base, base_pipe, prompts)`` with the clock's "load" stage done."""
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    clock = StageClock()
+    output = Path(config.output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    base = str(config.model or TOY_MODEL_DIR)
+    base_pipe = load_toy_pipeline(base)
+    train_split, _ = world.split_prompts()
+    prompts = world.sample_prompts(train_split, config.train_prompts, seed=config.seed)
+    clock.lap("load")
+    return clock, output, base, base_pipe, prompts
 
 
 def _run_demo(config: DemoConfig) -> dict:
@@ -109,17 +135,8 @@ def _run_demo(config: DemoConfig) -> dict:
     check_eval_split(config.eval_split)
     if config.caption_images not in CAPTION_IMAGES:
         raise UsageError(f"--caption-images must be one of {', '.join(CAPTION_IMAGES)}, got {config.caption_images!r}")
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    clock = StageClock()
-    output = Path(config.output_dir)
-    output.mkdir(parents=True, exist_ok=True)
-    base = str(config.model or TOY_MODEL_DIR)
+    clock, output, base, base_pipe, prompts = start_demo(config)
     judge = ToyJudge()
-    base_pipe = load_toy_pipeline(base)
-    train_split, _ = world.split_prompts()
-    prompts = world.sample_prompts(train_split, config.train_prompts, seed=config.seed)
-    clock.lap("load")
 
     data_stats = {}
     if method.data_format == "prompts":  # no preference data: the training prompts alone
@@ -164,6 +181,13 @@ def _run_demo(config: DemoConfig) -> dict:
     save_comparison_grid(output / "grid.png", evaluation, config.grid_prompts)
     save_reward_distributions(output / "rewards.png", evaluation)
     clock.lap("evaluate")
+    bench = None
+    if config.bench_prompts:
+        from diffalign.toy.bench import demo_leaderboard
+
+        bench = demo_leaderboard(output, base, output / "model", config.method, method.negative_model,
+                                 limit=config.bench_prompts, progress=config.progress)
+        clock.lap("bench")
 
     headline = ("win_rate", "reward_before", "reward_after", "n_prompts")
     report = {
@@ -176,9 +200,8 @@ def _run_demo(config: DemoConfig) -> dict:
         "sampling": SAMPLING,
         "aligned_sampling": "NPO-guided CFG: base positive, trained negative" if method.negative_model else "the trained model",
         **data_stats,
-        "train": {"steps": train_summary["steps"], "learning_rate": train_summary["learning_rate"],
-                  "method_args": train_summary["method_args"], "batch_size": config.batch_size,
-                  "final_metrics": train_summary["final_metrics"], "seconds": train_summary["seconds"]},
+        "train": training_record(train_summary),
+        **({"bench": bench} if bench else {}),
         "config": asdict(config),
         "torch_threads": torch.get_num_threads(),
         "stage_seconds": clock.stages,

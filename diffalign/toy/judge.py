@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -82,8 +82,23 @@ class JudgeTerms:
         return float(sum(WEIGHTS[name] * getattr(self, name) for name in WEIGHTS))
 
 
+@dataclass
+class ObjectGeometry:
+    """Where the judge found the object: its soft area in pixels and the centre of its soft bounding box
+    (x, y in pixels from the top-left corner, at ``world.RESOLUTION``)."""
+
+    area: float
+    centre_x: float
+    centre_y: float
+
+
 def judge_terms(image: Image.Image, caption: str) -> JudgeTerms:
     """Score one image against its caption term by term (see the module docstring)."""
+    return measure(image, caption)[0]
+
+
+def measure(image: Image.Image, caption: str) -> tuple[JudgeTerms, Optional[ObjectGeometry]]:
+    """``judge_terms`` and the object's geometry (None when the judge finds no object)."""
     scene = world.parse_caption(caption)
     pixels = _as_array(image)
     side = pixels.shape[0]
@@ -99,7 +114,7 @@ def judge_terms(image: Image.Image, caption: str) -> JudgeTerms:
     from_background = np.linalg.norm(pixels - background, axis=-1)
     foreground = from_background > FOREGROUND_DISTANCE
     if int(foreground.sum()) < MIN_FOREGROUND_PIXELS:
-        return JudgeTerms(0.0, 0.0, 0.0, 0.0, background_score, aesthetic)
+        return JudgeTerms(0.0, 0.0, 0.0, 0.0, background_score, aesthetic), None
 
     # the object's own colour: its most saturated pixels (anti-aliased edges are mixtures with the background)
     core = from_background >= CORE_FRACTION * from_background[foreground].max()
@@ -119,7 +134,7 @@ def judge_terms(image: Image.Image, caption: str) -> JudgeTerms:
     position = float(_gauss(math.hypot(cx - tx, cy - ty), 4.0))
     ideal_area = IDEAL_AREA_FACTOR[scene.shape] * world.SIZES[scene.size] ** 2
     size = float(_gauss(math.log(area / ideal_area), 0.35))
-    return JudgeTerms(colour, shape, position, size, background_score, aesthetic)
+    return JudgeTerms(colour, shape, position, size, background_score, aesthetic), ObjectGeometry(area, cx, cy)
 
 
 @register_scorer("toy")

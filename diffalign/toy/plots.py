@@ -7,6 +7,8 @@ matplotlib (Agg canvas, no display or GUI backend needed).
   that has data: every step as a light line, a trailing moving average (1/20 of the run) on top.
 - ``reward_distributions``: the judge rewards of the base and aligned evaluation images as step
   histograms over the same bins, each mean marked by a dashed line.
+- ``win_rate_matrix``: PPD's cross-user win rates as a heatmap (conditioned-on user x judging user).
+- ``interpolation_curves``: two users' mean rewards along an interpolation of their embeddings.
 
 The charts come back as Pillow images (``.save(path)``), rendered at ``DPI`` to about 900 px wide,
 legible in a README.
@@ -174,5 +176,47 @@ def reward_distributions(before: Sequence[float], after: Sequence[float], title:
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.tick_params(labelsize=10)
     ax.grid(True, axis="y", color="0.9", linewidth=0.8)
+    figure.tight_layout()
+    return _to_image(figure)
+
+
+def win_rate_matrix(users: Sequence[str], rates: Sequence[Sequence[float]], title: str = "") -> Image.Image:
+    """A heatmap of ``rates[a][b]``: the win rate over the base of the model conditioned on user a
+    (rows), judged by user b (columns), 0.5 white; each cell quoted, the diagonal framed."""
+    import numpy as np
+    from matplotlib.patches import Rectangle
+
+    values = np.asarray(rates, dtype=float)
+    side = max(4.0, 0.8 * len(users) + 2.5)
+    figure = _figure(side + 1.5, side)
+    ax = figure.subplots()
+    image = ax.imshow(values, cmap="RdBu", vmin=0.0, vmax=1.0)
+    for a in range(len(users)):
+        for b in range(len(users)):
+            ax.text(b, a, f"{values[a, b]:.2f}", ha="center", va="center", fontsize=10,
+                    color="white" if abs(values[a, b] - 0.5) > 0.3 else "black", fontweight="bold" if a == b else "normal")
+        ax.add_patch(Rectangle((a - 0.5, a - 0.5), 1, 1, fill=False, edgecolor="black", linewidth=2))
+    ax.set_xticks(range(len(users)), users, rotation=45, ha="right", fontsize=10)
+    ax.set_yticks(range(len(users)), users, fontsize=10)
+    ax.set_xlabel("judged by", fontsize=11)
+    ax.set_ylabel("conditioned on", fontsize=11)
+    ax.set_title(title or "win rate over the base model", fontsize=12)
+    figure.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    figure.tight_layout()
+    return _to_image(figure)
+
+
+def interpolation_curves(alphas: Sequence[float], rewards: dict[str, Sequence[float]], first: str, second: str) -> Image.Image:
+    """Each user's mean reward (``rewards[user]``) on the images generated for
+    u = (1 - alpha) u_first + alpha u_second, against alpha."""
+    figure = _figure(WIDTH_INCHES * 0.7, 4.0)
+    ax = figure.subplots()
+    for index, (user, values) in enumerate(rewards.items()):
+        ax.plot(alphas, values, "o-", color=LINE_COLOURS[index % len(LINE_COLOURS)], linewidth=2, label=f"{user}'s judge")
+    ax.set_xlabel(f"alpha (0: {first}, 1: {second})", fontsize=11)
+    ax.set_ylabel("mean reward", fontsize=11)
+    ax.set_title(f"interpolating between users {first} and {second}", fontsize=12)
+    ax.legend(fontsize=10)
+    ax.grid(True, color="0.9", linewidth=0.8)
     figure.tight_layout()
     return _to_image(figure)

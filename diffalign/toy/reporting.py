@@ -87,6 +87,11 @@ def report_markdown(report: Mapping) -> str:
         training.append(f"Training data: {e['train_prompts']} training prompts, no images and no preference labels.\n")
     if e.get("aligned_sampling", "the trained model") != "the trained model":
         training.append(f"Aligned = {e['aligned_sampling']} (same guidance scale and seeds as the base's plain CFG).\n")
+    if "bench" in e:
+        overall = e["bench"]["overall"]
+        training.append(f"Toy bench ({e['bench']['prompts']} held-out captions x 4 images, test points colour, shape, size, "
+                        f"position, background): Overall {', '.join(f'{name} {value:.2f}' for name, value in overall.items())}; "
+                        "leaderboard in `bench/leaderboard/leaderboard.html`.\n")
     if "train" in e:
         training.append(f"Training: {e['train']['steps']} steps of `{e['method']}`, lr {e['train']['learning_rate']:g}, "
                         f"options {json.dumps(e['train']['method_args'])}.\n")

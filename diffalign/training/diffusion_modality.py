@@ -35,7 +35,7 @@ class DiffusionModality(Modality):
         table = self.cache.table() if self.cache is not None else read_table(config.data, config.data_split)
         options = ImageOptions(resolution=self.resolution, seed=config.seed, center_crop=config.center_crop,
                                random_flip=config.random_flip, skip_bad_rows=config.skip_bad_rows,
-                               max_rows=config.max_train_samples, progress=config.progress_bar)
+                               max_rows=config.max_train_samples, progress=config.progress_bar, **method.data_options())
         return get_format(method.data_format).build(table, options)
 
     def load_model(self, config: TrainConfig, method) -> DiffusionModel:
@@ -43,7 +43,7 @@ class DiffusionModality(Modality):
         model = DiffusionModel.from_pretrained(
             config.model, reference=reference_mode(config, method, lora is not None), lora=lora,
             attention=config.attention, gradient_checkpointing=config.gradient_checkpointing, resolution=self.resolution,
-            revision=config.revision, load_encoders=self.cache is None,
+            revision=config.revision, load_encoders=self.cache is None, **method.model_options(),
         )
         if self.cache is not None:
             model.set_empty_conditioning(self.cache.empty_conditioning())

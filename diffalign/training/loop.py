@@ -107,6 +107,7 @@ def _train(config: TrainConfig) -> dict[str, Any]:
 
     dataset, collate = modality.build_dataset(config, method)
     model = modality.load_model(config, method)
+    method.prepare_model(model)
     model.place(accelerator.device, MIXED_PRECISION_DTYPES[config.mixed_precision])
     if validator is not None:
         validator.attach(model)

@@ -57,10 +57,13 @@ class Modality(ABC):
 
 
 def reference_mode(config: TrainConfig, method, lora: bool) -> Optional[str]:
-    """None without a reference; ``ema`` for a method whose reference follows the policy;
+    """None without a reference; ``ema`` for a method whose reference follows the policy; ``user-off``
+    for a user-conditioned one (PPD: the same UNet with its user branch off);
     ``--reference auto`` is the LoRA base with adapters disabled under LoRA, else a frozen copy."""
     if not method.needs_reference:
         return None
     if method.ema_reference:
         return "ema"
+    if method.user_conditioned:
+        return "user-off"
     return config.reference if config.reference != "auto" else ("adapters" if lora else "copy")

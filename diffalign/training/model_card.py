@@ -74,6 +74,7 @@ def write_model_card(output_dir: str, config, method, *, family: Optional[str] =
         "## Usage",
         "",
         *(_negative_usage(config.model, output_dir) if method.negative_model else
+          _user_usage(config.model, output_dir, config.method_args.get("user_embeddings")) if method.user_conditioned else
           ["```python", _usage(config.model, output_dir, diffusion, lora), "```"]),
         "",
     ])
@@ -117,6 +118,33 @@ def _negative_usage(base: str, output_dir: str) -> list[str]:
         "",
         "```bash",
         f"diffalign generate --model {base} --negative-model {output_dir} --prompts prompts.txt --out images",
+        "```",
+    ]
+
+
+def _user_usage(base: str, output_dir: str, embeddings: Optional[str]) -> list[str]:
+    embeddings = embeddings or "EMB"
+    return [
+        "This is a **PPD user adapter** (`user_adapter.safetensors`, IP-Adapter layout): a decoupled user cross-attention "
+        "branch for the base model, conditioned on a user embedding (`diffalign users embed`). Generate for a user, an "
+        "interpolation between two, or a new user's example pairs:",
+        "",
+        "```bash",
+        f"diffalign generate --model {base} --user-adapter {output_dir} --user-embeddings {embeddings} --user USER "
+        "--prompts prompts.txt --out images",
+        f"diffalign generate --model {base} --user-adapter {output_dir} --user-embeddings {embeddings} --interpolate A B "
+        "--alpha 0.5 --prompts prompts.txt --out images",
+        f"diffalign generate --model {base} --user-adapter {output_dir} --user-shots shots.jsonl --prompts prompts.txt --out images",
+        "```",
+        "",
+        "```python",
+        "from diffalign.data.user_embeddings import UserEmbeddings",
+        "from diffalign.pipelines import StableDiffusionPPDPipeline  # StableDiffusionXLPPDPipeline for SDXL",
+        "",
+        f"pipe = StableDiffusionPPDPipeline.from_pretrained({base!r})",
+        f"pipe.load_user_adapter({output_dir!r})",
+        f"user = UserEmbeddings.load({embeddings!r}).user_mean('USER')",
+        "image = pipe('a prompt', user_embedding=user, user_scale=1.0).images[0]",
         "```",
     ]
 
