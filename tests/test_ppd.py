@@ -50,7 +50,7 @@ def user_batch(data, embeddings, rows=(0, 1, 3, 4), seed=0):
 
 def load(model_dir, lora_rank=0):
     return DiffusionModel.from_pretrained(model_dir, reference="user-off", lora=LoraSettings(lora_rank) if lora_rank else None,
-                                          resolution=64, user_embedding_dim=DIM)
+                                          resolution=64, user_embedding_stats=(torch.zeros(DIM), torch.ones(DIM)))
 
 
 def ppd(embeddings, **method_args):
@@ -100,15 +100,40 @@ def test_only_the_branch_trains_and_at_init_only_its_values_get_a_gradient(tiny_
     assert all(parameter.grad.abs().sum() == 0 for parameter in model.unet.encoder_hid_proj.parameters())
 
 
+def test_export_folds_the_standardisation_into_the_projection(tiny_model_dir):
+    from diffalign.diffusion.user_branch import embedding_statistics, load_user_branch_state_dict, user_branch_state_dict
+
+    training = torch.randn(20, DIM, generator=seeded(4)) * torch.tensor([0.01, 0.1, 1.0, 10.0, 0.5, 0.2]) + 3.0
+    mean, std = embedding_statistics(training)
+    standardised = (training - mean) / std
+    assert torch.allclose(standardised.mean(0), torch.zeros(DIM), atol=1e-4)
+    assert torch.allclose(standardised.std(0, unbiased=False), torch.ones(DIM), atol=1e-4)
+    assert torch.equal(embedding_statistics(torch.ones(3, 2))[1], torch.ones(2))  # a constant dimension: std 1
+    trained, fresh = load(tiny_model_dir("sd")), load(tiny_model_dir("sd"))
+    projection = trained.unet.encoder_hid_proj.image_projection_layers[0]
+    projection.embedding_mean.copy_(mean)
+    projection.embedding_std.copy_(std)
+    with torch.no_grad():
+        for parameter in user_branch_parameters(trained.unet):
+            parameter.add_(0.1 * torch.randn(parameter.shape, generator=seeded(5)))
+    load_user_branch_state_dict(fresh.unet, user_branch_state_dict(trained.unet))
+    cond = trained.encode_prompts(["a red circle"] * 2).with_user_embeds(training[:2])
+    latents, timesteps = torch.randn(2, 4, 8, 8, generator=seeded(6)), torch.tensor([100, 600])
+    with torch.no_grad():
+        expected = trained.unet(latents, timesteps, **cond.unet_kwargs()).sample
+        assert torch.allclose(fresh.unet(latents, timesteps, **cond.unet_kwargs()).sample, expected, atol=1e-5)
+        assert not torch.allclose(expected, trained.reference(latents, timesteps, cond), atol=1e-4)
+
+
 def test_branch_follows_the_attention_backend_and_refuses_a_second_install(tiny_model_dir):
     from diffusers.models.attention_processor import IPAdapterAttnProcessor
 
     model = DiffusionModel.from_pretrained(tiny_model_dir("sd"), reference=None, resolution=64, attention="native")
-    add_user_branch(model.unet, DIM)
+    add_user_branch(model.unet, torch.zeros(DIM), torch.ones(DIM))
     kinds = {type(p).__name__ for name, p in model.unet.attn_processors.items() if name.endswith("attn2.processor")}
     assert kinds == {IPAdapterAttnProcessor.__name__}
     with pytest.raises(ValueError, match="already has a user branch"):
-        add_user_branch(model.unet, DIM)
+        add_user_branch(model.unet, torch.zeros(DIM), torch.ones(DIM))
 
 
 # -------------------------------------------------------------------------------------- objective

@@ -18,7 +18,7 @@ Reference handling (research/diffusion_methods_A.md §2.3):
 - ``ema``: a copy of the trainable UNet (adapters included) that follows it as an exponential moving
   average (``update_reference_ema``, Self-NPO's teacher); kept in float32 so that updates of 1e-3 of a
   step are not rounded away, run under autocast, and saved in checkpoints (``checkpointed_modules``);
-- ``user-off``: PPD (``user_embedding_dim``): the same UNet with its user branch at lambda = 0 (and its
+- ``user-off``: PPD (``user_embedding_stats``): the same UNet with its user branch at lambda = 0 (and its
   adapters disabled, with LoRA), i.e. the base model, under no_grad: no second copy. The branch's
   zero-initialised values make the policy equal it at init (``diffalign.diffusion.user_branch``).
 """
@@ -153,13 +153,14 @@ class DiffusionModel:
     def from_pretrained(cls, model: str, *, reference: Optional[str] = "copy", lora: Optional[LoraSettings] = None,
                         attention: str = "sdpa", gradient_checkpointing: bool = False, resolution: Optional[int] = None,
                         revision: Optional[str] = None, load_encoders: bool = True,
-                        user_embedding_dim: Optional[int] = None) -> "DiffusionModel":
+                        user_embedding_stats: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> "DiffusionModel":
         """Load the components of an SD1.x/2.x or SDXL pipeline (hub id or local folder).
 
         ``reference``: None (no reference), ``copy``, ``adapters`` (needs ``lora``), ``ema`` or ``user-off``
-        (needs ``user_embedding_dim``).
-        ``user_embedding_dim``: install PPD's user branch for embeddings of that size; the UNet's own
-        weights are then frozen (trainable: the branch, plus the adapters with ``lora``).
+        (needs ``user_embedding_stats``).
+        ``user_embedding_stats``: (mean, std) per dimension of the training user embeddings: install
+        PPD's user branch for them (``diffalign.diffusion.user_branch``); the UNet's own weights are
+        then frozen (trainable: the branch, plus the adapters with ``lora``).
         ``resolution``: of the training images; None is the model's own (UNet sample size x VAE factor).
         ``load_encoders=False``: only the VAE's config is read, and neither the VAE nor the text encoders
         are loaded (training from a latent cache).
@@ -176,8 +177,8 @@ class DiffusionModel:
             )
         if reference == "adapters" and lora is None:
             raise ModelLoadError("reference 'adapters' needs LoRA (--lora-rank > 0); use reference 'copy' for full fine-tuning")
-        if (reference == "user-off") != (user_embedding_dim is not None):
-            raise ValueError("reference 'user-off' and user_embedding_dim go together")
+        if (reference == "user-off") != (user_embedding_stats is not None):
+            raise ValueError("reference 'user-off' and user_embedding_stats go together")
 
         def load(loader, subfolder):
             try:
@@ -211,12 +212,12 @@ class DiffusionModel:
         reference_unet = None
         if reference == "copy":
             reference_unet = copy.deepcopy(unet).requires_grad_(False).eval()
-        if lora is not None or user_embedding_dim is not None:
+        if lora is not None or user_embedding_stats is not None:
             unet.requires_grad_(False)
         if lora is not None:
             unet.add_adapter(lora.peft_config())
-        if user_embedding_dim is not None:  # after the backend (the branch follows it) and the adapters (never on the branch)
-            add_user_branch(unet, user_embedding_dim)
+        if user_embedding_stats is not None:  # after the backend (the branch follows it) and the adapters (never on the branch)
+            add_user_branch(unet, *user_embedding_stats)
         if reference == "ema":  # after the adapters: the teacher averages them too
             reference_unet = copy.deepcopy(unet).requires_grad_(False).eval()
         if gradient_checkpointing:

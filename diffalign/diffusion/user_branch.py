@@ -9,7 +9,13 @@ N user tokens::
     K_u = W'_k U,   V_u = W'_v U,   U = P(u) = LayerNorm(reshape(W_p u + b_p, N x d_ctx))
 
 u is the user embedding (D values, ``diffalign users embed``), N = 4 tokens, d_ctx the UNet's
-cross-attention width. The layout is exactly IP-Adapter's (Ye et al. 2023, arXiv 2308.06721), so the
+cross-attention width. P first standardises each of u's dimensions with the training embeddings' mean
+and standard deviation (``UserProjection``): embeddings come at wildly different scales per
+dimension (an LLM's hidden state has a few huge ones; the toy encoder's dimensions span 0.01 to 0.2),
+and without it the user-specific part of u is a small perturbation of P's bias that LayerNorm mostly
+removes, so the users' tokens start almost alike and Adam's per-weight steps barely separate them. The
+export folds the standardisation into P's weights, W' = W / sigma and b' = b - W' mu, so the file
+keeps IP-Adapter's layout and takes raw embeddings. The layout is exactly IP-Adapter's (Ye et al. 2023, arXiv 2308.06721), so the
 branch runs on diffusers' own IP-Adapter machinery: P is an ``ImageProjection`` in
 ``unet.encoder_hid_proj``, the layers use ``IPAdapterAttnProcessor2_0`` (or the plain / xformers
 variant of the chosen attention backend), u travels as ``added_cond_kwargs["image_embeds"]`` (``Conditioning.user_embeds``) and
@@ -58,17 +64,44 @@ def has_user_branch(unet) -> bool:
     return getattr(unet.config, "encoder_hid_dim_type", None) == "ip_image_proj" and unet.encoder_hid_proj is not None
 
 
-def add_user_branch(unet, embedding_dim: int) -> list[torch.nn.Parameter]:
-    """Install the user branch on ``unet`` (see the module docstring) and return its parameters (P, and
-    W'_k, W'_v of every cross-attention layer), trainable, float32. Call it after the attention backend
-    is set: the branch's processors follow each layer's backend."""
-    from diffusers.models.embeddings import ImageProjection, MultiIPAdapterImageProjection
+def user_projection_class():
+    from diffusers.models.embeddings import ImageProjection
+
+    class UserProjection(ImageProjection):
+        """IP-Adapter's ``ImageProjection`` (LayerNorm(reshape(W u + b))) on the standardised embedding
+        (u - mean) / std; ``mean`` and ``std`` are buffers (saved in checkpoints, never trained)."""
+
+        def __init__(self, embedding_mean: torch.Tensor, embedding_std: torch.Tensor, cross_attention_dim: int):
+            super().__init__(image_embed_dim=embedding_mean.numel(), cross_attention_dim=cross_attention_dim,
+                             num_image_text_embeds=USER_TOKENS)
+            self.register_buffer("embedding_mean", embedding_mean.detach().float().reshape(-1).clone())
+            self.register_buffer("embedding_std", embedding_std.detach().float().reshape(-1).clone())
+
+        def forward(self, image_embeds: torch.Tensor) -> torch.Tensor:
+            standardised = (image_embeds.float() - self.embedding_mean) / self.embedding_std
+            return super().forward(standardised)
+
+    return UserProjection
+
+
+def embedding_statistics(embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, std) per dimension of training embeddings [M, D]; a constant dimension gets std 1."""
+    embeddings = embeddings.float()
+    std = embeddings.std(dim=0, unbiased=False)
+    return embeddings.mean(dim=0), torch.where(std > 0, std, torch.ones_like(std))
+
+
+def add_user_branch(unet, embedding_mean: torch.Tensor, embedding_std: torch.Tensor) -> list[torch.nn.Parameter]:
+    """Install the user branch on ``unet`` for embeddings standardised with ``embedding_mean`` and
+    ``embedding_std`` (D each; see the module docstring) and return its parameters (P, and W'_k, W'_v of
+    every cross-attention layer), trainable, float32. Call it after the attention backend is set: the
+    branch's processors follow each layer's backend."""
+    from diffusers.models.embeddings import MultiIPAdapterImageProjection
 
     if has_user_branch(unet):
         raise ValueError("this UNet already has a user branch (or an IP-Adapter)")
     cross_attention_dim = unet.config.cross_attention_dim
-    projection = ImageProjection(image_embed_dim=embedding_dim, cross_attention_dim=cross_attention_dim,
-                                 num_image_text_embeds=USER_TOKENS)
+    projection = user_projection_class()(embedding_mean, embedding_std, cross_attention_dim)
     processors = dict(unet.attn_processors)
     for name in _cross_attention_names(unet):
         attention = unet.get_submodule(name[: -len(".processor")])
@@ -130,12 +163,25 @@ def user_branch_parameters(unet) -> list[torch.nn.Parameter]:
 
 
 def user_branch_state_dict(unet) -> dict[str, torch.Tensor]:
-    """The branch in IP-Adapter's file layout, float32 on the CPU: what ``load_ip_adapter`` reads."""
-    return {key: value.detach().to("cpu", torch.float32).contiguous() for key, value in _branch_tensors(unet).items()}
+    """The branch in IP-Adapter's file layout, float32 on the CPU, taking raw embeddings (the
+    standardisation folded into P: W' = W / std, b' = b - W' mean): what ``load_ip_adapter`` reads."""
+    state = {key: value.detach().to("cpu", torch.float32) for key, value in _branch_tensors(unet).items()}
+    projection = unet.encoder_hid_proj.image_projection_layers[0]
+    mean = getattr(projection, "embedding_mean", None)
+    if mean is not None:
+        weight = state["image_proj.proj.weight"] / projection.embedding_std.detach().cpu()[None, :]
+        state["image_proj.proj.weight"] = weight
+        state["image_proj.proj.bias"] = state["image_proj.proj.bias"] - weight @ mean.detach().cpu()
+    return {key: value.contiguous() for key, value in state.items()}
 
 
 def load_user_branch_state_dict(unet, state: dict[str, torch.Tensor]) -> None:
-    """Copy a ``user_branch_state_dict`` into a UNet that has a branch of the same shape."""
+    """Copy a ``user_branch_state_dict`` (raw-embedding weights) into a UNet that has a branch of the
+    same shape; its standardisation becomes the identity."""
+    projection = unet.encoder_hid_proj.image_projection_layers[0]
+    if getattr(projection, "embedding_mean", None) is not None:
+        projection.embedding_mean.zero_()
+        projection.embedding_std.fill_(1.0)
     live = _branch_tensors(unet)
     if set(state) != set(live):
         missing, extra = sorted(set(live) - set(state)), sorted(set(state) - set(live))

@@ -22,6 +22,8 @@ contain the pair, re-drawn every epoch (``diffalign.data.formats.user_image_pair
 What the spec leaves open, as decided here (also in the README):
 
 - **trainable set**: the branch alone (P and W'_k, W'_v per cross-attention layer), the UNet frozen;
+  P standardises each embedding dimension with the training embeddings' mean and std first (folded
+  into P's weights on export);
   ``--lora-rank`` adds LoRA on the UNet's attention, whose reference then also disables the adapters;
 - **user tokens** N = 4 (IP-Adapter's, loadable by diffusers' IP-Adapter loader);
 - **beta** 5000 in the Salesforce form (the spec suggests Diffusion-DPO's 2000-5000), **lr**: the
@@ -39,7 +41,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from diffalign.data.user_embeddings import UserEmbeddings
-from diffalign.diffusion.user_branch import set_user_branch_scale
+from diffalign.diffusion.user_branch import embedding_statistics, set_user_branch_scale
 from diffalign.methods.base import register_method
 from diffalign.methods.denoising import CAPTION_DROPOUT_HELP
 from diffalign.methods.diffusion_dpo import DiffusionDPO, DiffusionDPOConfig
@@ -83,7 +85,7 @@ class PPD(DiffusionDPO):
         return {"user_embeddings": self.config.user_embeddings}
 
     def model_options(self):
-        return {"user_embedding_dim": self.embeddings.dim}
+        return {"user_embedding_stats": embedding_statistics(self.embeddings.embeddings)}
 
     def prepare_model(self, model):
         set_user_branch_scale(model.unwrapped_unet, self.config.user_scale)
