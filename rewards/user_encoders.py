@@ -98,7 +98,8 @@ def get_user_encoder(name: str, **options) -> UserEncoder:
     parameters = inspect.signature(cls).parameters
     unknown = sorted(set(options) - set(parameters))
     if unknown:
-        raise UsageError(f"user encoder {name!r} takes no option(s) {', '.join(unknown)}; it takes {', '.join(parameters)}")
+        takes = f"it takes {', '.join(parameters)}" if parameters else "it takes no options"
+        raise UsageError(f"user encoder {name!r} takes no option(s) {', '.join(unknown)}; {takes}")
     return cls(**options)
 
 

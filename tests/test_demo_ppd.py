@@ -58,6 +58,9 @@ def test_shortened_ppd_demo(tmp_path):
     names = [user.name for user in TRAIN_USERS + HELD_OUT_USERS]
     assert list(report["users"]) == names and list(report["matrix"]) == names
     assert all(report["matrix"][name][name] == report["users"][name]["win_rate"] for name in names)
+    summary = report["matrix_summary"]
+    assert summary["judges"] == len(names) and set(summary["own_best"]) <= set(names)
+    assert summary["diagonal_mean"] == pytest.approx(sum(report["matrix"][n][n] for n in names) / len(names))
     first, second = report["interpolation"]["users"]
     # alpha = 0 and 1 are the two users' own embeddings: the same images as their evaluation
     assert report["interpolation"]["rewards"][first][0] == report["users"][first]["reward_after"]

@@ -1,7 +1,8 @@
 """Alignment: train a method on the toy preset, with the toy world's training settings.
 
-``TOY_TRAINING`` holds the learning rate and method options per method on the toy preset (everything
-else: the method's own defaults and ``TrainConfig``'s). They were chosen with ``diffalign demo
+``TOY_TRAINING`` holds the learning rate, method options and, where it is not ``DEFAULT_TOY_STEPS``,
+the number of steps per method on the toy preset (everything else: the method's own defaults and
+``TrainConfig``'s). They were chosen with ``diffalign demo
 --eval-split validation`` (training-split prompts that built no pair), never on the held-out prompts;
 the runs that chose them are listed in the README's toy-world section. ``toy_train_config`` adds
 what every toy run shares (32x32, no flips, constant learning rate after a 10 % warm-up, one
@@ -24,8 +25,11 @@ TOY_TRAINING: dict[str, dict[str, Any]] = {
     "self-npo": {"learning_rate": 5e-6, "method_args": {}},
     "tdpo": {"learning_rate": 5e-6, "method_args": {}},
     "tkto": {"learning_rate": 3e-6, "method_args": {}},
+    # the user branch alone trains (a few thousand parameters, W'_v from zero), on six users' pairs
+    "ppd": {"learning_rate": 1e-4, "method_args": {}, "steps": 1200},
 }
 DEFAULT_TOY_LEARNING_RATE = 1e-5
+DEFAULT_TOY_STEPS = 300
 
 
 def check_method(name: str, formats: Sequence[str], data: str = "image pairs", demo: str = "the demo"):
@@ -54,17 +58,19 @@ def toy_train_config(
     model: str,
     data: str | Path,
     output_dir: str | Path,
-    steps: int,
+    steps: Optional[int],
     batch_size: int,
     seed: int,
     learning_rate: Optional[float] = None,
     method_args: Optional[dict] = None,
     progress: bool = True,
 ):
-    """The ``TrainConfig`` of a toy run: ``training_settings``, then the settings every toy run shares."""
+    """The ``TrainConfig`` of a toy run: ``training_settings`` (``steps`` None: the method's toy steps),
+    then the settings every toy run shares."""
     from diffalign.training import TrainConfig
 
     learning_rate, method_args = training_settings(method, learning_rate, method_args)
+    steps = steps if steps is not None else TOY_TRAINING.get(method, {}).get("steps", DEFAULT_TOY_STEPS)
     return TrainConfig(
         method=method,
         model=model,

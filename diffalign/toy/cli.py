@@ -66,9 +66,11 @@ def add_demo_command(subparsers) -> None:
     demo.add_argument("--method", default=defaults.method, help="a registered diffusion method that trains on image pairs, prompts or captioned images")
     demo.add_argument("--output-dir", default=defaults.output_dir)
     demo.add_argument("--model", default=None, help="base pipeline folder (default: the shipped toy preset)")
-    for name in ("train_prompts", "candidates", "eval_prompts", "eval_seeds", "steps", "batch_size", "generation_batch", "grid_prompts",
+    for name in ("train_prompts", "candidates", "eval_prompts", "eval_seeds", "batch_size", "generation_batch", "grid_prompts",
                  "bench_prompts", "seed"):
         demo.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
+    demo.add_argument("--steps", type=int, default=None, help="optimiser steps (default: the method's toy setting, 300 for most, "
+                      "1200 for ppd)")
     demo.add_argument("--eval-split", default=defaults.eval_split, choices=EVAL_SPLITS,
                       help="held-out: the reported evaluation; validation: unused training prompts (for choosing settings)")
     demo.add_argument("--candidate-guidance", type=float, default=defaults.candidate_guidance,

@@ -80,7 +80,7 @@ class DemoConfig:
     eval_prompts: int = 107  # held-out prompts (the whole held-out split)
     eval_seeds: int = 2  # images per held-out prompt, same seeds for base and aligned
     eval_split: str = "held-out"  # or "validation": unused training prompts, for choosing settings
-    steps: int = 300
+    steps: Optional[int] = None  # default: the method's toy steps (alignment.TOY_TRAINING), else 300
     batch_size: int = 16
     learning_rate: Optional[float] = None  # default: TOY_TRAINING[method] or DEFAULT_TOY_LEARNING_RATE
     method_args: dict[str, Any] = field(default_factory=dict)  # overrides of TOY_TRAINING's

@@ -162,6 +162,7 @@ def _run(config) -> dict:
                               "pairs": pair_counts[user.name] if user in TRAIN_USERS else SHOTS,
                               **evaluation["per_user"][user.name]} for user in TRAIN_USERS + HELD_OUT_USERS},
         "matrix": evaluation["matrix"],
+        "matrix_summary": matrix_summary(evaluation["matrix"]),
         "interpolation": interpolation,
         "embeddings": {"encoder": embeddings.encoder, "shots": SHOTS, "train_chunks": len(embeddings)},
         "sampling": SAMPLING,
@@ -196,6 +197,16 @@ def evaluate_users(base_pipe, pipe, prompts: Sequence[str], user_embedding: dict
     return {"matrix": matrix, "per_user": per_user, "pipe": pipe}
 
 
+def matrix_summary(matrix: dict[str, dict[str, float]]) -> dict:
+    """The diagonal's mean against the off-diagonal's, and for how many judges (columns) the model
+    conditioned on their own user beats every other user's conditioning."""
+    names = list(matrix)
+    diagonal = [matrix[name][name] for name in names]
+    off = [matrix[a][b] for a in names for b in names if a != b]
+    own_best = [b for b in names if all(matrix[b][b] > matrix[a][b] for a in names if a != b)]
+    return {"diagonal_mean": mean(diagonal), "off_diagonal_mean": mean(off), "own_best": own_best, "judges": len(names)}
+
+
 def interpolate(pipe, prompts: Sequence[str], user_embedding: dict[str, torch.Tensor], seeds: int, batch_size: int,
                 progress: bool) -> dict:
     """Both interpolation users' mean rewards on the images for u = (1 - alpha) u_A + alpha u_B."""
@@ -221,7 +232,8 @@ def write_ppd_report(output: Path, report: dict) -> None:
     names = list(report["matrix"])
     win_rate_matrix(names, [[report["matrix"][a][b] for b in names] for a in names]).save(output / "matrix.png")
     curves = report["interpolation"]
-    interpolation_curves(curves["alphas"], curves["rewards"], *curves["users"]).save(output / "interpolation.png")
+    baselines = {user: report["users"][user]["reward_before"] for user in curves["users"]}
+    interpolation_curves(curves["alphas"], curves["rewards"], baselines, *curves["users"]).save(output / "interpolation.png")
     lines = [f"# {report['method']} on the toy world: one model, {len(names)} users", "",
              f"{report['n_prompts']} {report['eval_split']} prompts x {report['n_comparisons'] // max(report['n_prompts'], 1)} "
              "seeds, the same seeds for the base and every conditioned model; each user's own judge.", "",
@@ -236,8 +248,13 @@ def write_ppd_report(output: Path, report: dict) -> None:
     for a in names:
         lines.append(f"| {a} | " + " | ".join(f"**{report['matrix'][a][b]:.3f}**" if a == b else f"{report['matrix'][a][b]:.3f}"
                                               for b in names) + " |")
+    summary = report["matrix_summary"]
+    lines += ["", f"Diagonal mean {summary['diagonal_mean']:.3f} against off-diagonal mean {summary['off_diagonal_mean']:.3f}; "
+              f"the model conditioned on the judge's own user beats every other conditioning for {len(summary['own_best'])} of "
+              f"{summary['judges']} judges ({', '.join(summary['own_best']) or 'none'}).",
+              "", "![cross-user matrix](matrix.png)", ""]
     lines += ["", f"Interpolation {curves['users'][0]} -> {curves['users'][1]}: mean reward of each against alpha "
-              "(`interpolation.png`).", "", "| alpha | " + " | ".join(curves["users"]) + " |", "|---|---|---|"]
+              "(`interpolation.png`).", "", "![interpolation](interpolation.png)", "", "| alpha | " + " | ".join(curves["users"]) + " |", "|---|---|---|"]
     for index, alpha in enumerate(curves["alphas"]):
         lines.append(f"| {alpha:g} | " + " | ".join(f"{curves['rewards'][u][index]:.4f}" for u in curves["users"]) + " |")
     train = report["train"]

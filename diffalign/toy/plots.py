@@ -206,15 +206,19 @@ def win_rate_matrix(users: Sequence[str], rates: Sequence[Sequence[float]], titl
     return _to_image(figure)
 
 
-def interpolation_curves(alphas: Sequence[float], rewards: dict[str, Sequence[float]], first: str, second: str) -> Image.Image:
+def interpolation_curves(alphas: Sequence[float], rewards: dict[str, Sequence[float]], baselines: dict[str, float],
+                         first: str, second: str) -> Image.Image:
     """Each user's mean reward (``rewards[user]``) on the images generated for
-    u = (1 - alpha) u_first + alpha u_second, against alpha."""
+    u = (1 - alpha) u_first + alpha u_second, against alpha, as the gain over the base model's mean
+    reward by the same judge (``baselines[user]``): the judges' scales differ, their trade-off shows."""
     figure = _figure(WIDTH_INCHES * 0.7, 4.0)
     ax = figure.subplots()
     for index, (user, values) in enumerate(rewards.items()):
-        ax.plot(alphas, values, "o-", color=LINE_COLOURS[index % len(LINE_COLOURS)], linewidth=2, label=f"{user}'s judge")
+        ax.plot(alphas, [value - baselines[user] for value in values], "o-", color=LINE_COLOURS[index % len(LINE_COLOURS)],
+                linewidth=2, label=f"{user}'s judge")
+    ax.axhline(0.0, color="0.5", linewidth=1, linestyle="--")
     ax.set_xlabel(f"alpha (0: {first}, 1: {second})", fontsize=11)
-    ax.set_ylabel("mean reward", fontsize=11)
+    ax.set_ylabel("mean reward - the base's", fontsize=11)
     ax.set_title(f"interpolating between users {first} and {second}", fontsize=12)
     ax.legend(fontsize=10)
     ax.grid(True, color="0.9", linewidth=0.8)
