@@ -106,7 +106,7 @@ def aligned_pipeline(method, base_pipe, model_dir: str | Path):
     from diffalign.pipelines import StableDiffusionNPOPipeline
 
     negative = UNet2DConditionModel.from_pretrained(str(model_dir), subfolder="unet")
-    pipe = StableDiffusionNPOPipeline(**base_pipe.components, negative_unet=negative)
+    pipe = StableDiffusionNPOPipeline(**base_pipe.components, negative_unet=negative, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
