@@ -219,6 +219,9 @@ def parse_train_config(argv: Sequence[str]):
             raise OptionError("reference", f"is not used by {method_name}, which has no reference model")
         if config.reference != "auto" and method_class.ema_reference:
             raise OptionError("reference", f"is not used by {method_name}, whose reference is an EMA of the trained model")
+        if config.reference != "auto" and method_class.user_conditioned:
+            raise OptionError("reference", f"is not used by {method_name}, whose reference is the same model with its user "
+                                           "branch off")
         return config
     except OptionError as error:
         if error.option in from_file and error.option not in from_flags:

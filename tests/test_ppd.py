@@ -284,10 +284,14 @@ def test_train_export_and_load_with_diffusers(tiny_model_dir, user_data, tmp_pat
 
 
 def test_train_without_user_embeddings_is_one_sentence(tiny_model_dir, user_data, tmp_path, capsys):
-    data, _ = user_data
+    data, embeddings = user_data
     code = main(["train", "--method", "ppd", "--model", tiny_model_dir("sd"), "--data", data, "--output-dir", str(tmp_path / "r")])
     assert code == 2
     assert "--user-embeddings is required" in capsys.readouterr().err
+    code = main(["train", "--method", "ppd", "--model", tiny_model_dir("sd"), "--data", data, "--user-embeddings", embeddings,
+                 "--reference", "copy", "--output-dir", str(tmp_path / "r")])
+    assert code == 2
+    assert "--reference is not used by ppd, whose reference is the same model with its user branch off" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------------------- pipeline
