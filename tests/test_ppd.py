@@ -355,3 +355,32 @@ def test_generate_personalisation_errors_are_one_sentence(tiny_model_dir, user_d
                  "--out", str(tmp_path / "g"), *extra])
     error = capsys.readouterr().err
     assert code == 2 and message in error and "Traceback" not in error
+
+
+def test_generate_for_a_new_users_shots_with_the_adapters_encoder(tiny_model_dir, user_data, tmp_path):
+    """Four example pairs of a new user are embedded on the fly by the encoder the adapter's training
+    embeddings were made with (here the tiny model's own VAE, rebuilt from the adapter's record)."""
+    data, _ = user_data
+    model = tiny_model_dir("sd")
+    assert main(["users", "embed", "--data", data, "--out", str(tmp_path / "emb"), "--encoder", "vae", "--model", model,
+                 "--shots", "2", "--no-progress-bar"]) == 0
+    assert train_cli(model, data, str(tmp_path / "emb"), tmp_path / "run", "--max-steps", "2") == 0
+    rows = [json.loads(line) for line in open(data)]
+    shots = tmp_path / "shots.jsonl"
+    folder = os.path.dirname(data)
+    shots.write_text("".join(json.dumps({"prompt": r["prompt"], "chosen": os.path.join(folder, r["chosen"]),
+                                         "rejected": os.path.join(folder, r["rejected"])}) + "\n" for r in rows[2:12:3]))
+    common = ["generate", "--model", model, "--prompts", "a red circle", "--steps", "2", "--no-progress-bar",
+              "--user-adapter", str(tmp_path / "run")]
+    assert main([*common, "--out", str(tmp_path / "g"), "--user-shots", str(shots)]) == 0
+    row = json.loads((tmp_path / "g" / "generations.jsonl").read_text().splitlines()[0])
+    assert row["user_shots"] == str(shots) and row["user"] is None
+
+    from diffalign.pipelines.personalized import read_user_adapter_config, user_encoder_of
+    from diffalign.pipelines.user_inputs import read_user_shots, user_embedding
+    from diffalign.pipelines.generate import GenerateSettings
+
+    config = read_user_adapter_config(str(tmp_path / "run"))
+    settings = GenerateSettings(model=model, prompts="p", out="o", user_adapter=str(tmp_path / "run"), user_shots=str(shots))
+    embedded = user_encoder_of(config).embed([read_user_shots(str(shots))])[0]
+    assert torch.equal(user_embedding(settings, config), embedded) and embedded.shape == (config["embedding_dim"],)
