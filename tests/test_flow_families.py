@@ -4,6 +4,7 @@ target algebra, the timestep density, FLUX's packed model call, the DPO-type los
 reference = copy reference, every offline method full and LoRA with exports that load in diffusers,
 ``diffalign generate``, exact resume and the refusals."""
 
+import json
 import math
 import os
 
@@ -16,6 +17,7 @@ from diffalign.cli import main
 from diffalign.data import ImageOptions, get_format, read_table
 from diffalign.diffusion.families import FAMILIES, TimestepDensity
 from diffalign.diffusion.families.flux import pack, unpack
+from diffalign.diffusion.fingerprint import encoder_fingerprint
 from diffalign.diffusion.families.flow import TimestepDensityError
 from diffalign.diffusion.model import DiffusionModel, LoraSettings, model_family
 from diffalign.training import TrainConfig, build_method, train
@@ -173,6 +175,25 @@ def test_train_and_generate_through_the_cli(flow_dir, data, tmp_path, capsys):
     title = model_family(flow_dir).title
     assert f"--negative-model is a UNet piece (SD1.x/2.x, SDXL); {title} models generate with plain classifier-free " \
            "guidance" in capsys.readouterr().err
+
+
+def test_first_step_from_the_latent_cache_equals_from_images(flow_dir, data, tmp_path):
+    """The cache holds the T5 embeddings and pooled projections too, and its fingerprint the T5 encoder and tokenizer."""
+    from diffalign.data.cache import LatentCache
+
+    cache = tmp_path / "cache"
+    assert main(["cache", "--model", flow_dir, "--data", data["pairs"], "--output", str(cache), "--resolution", "64",
+                 "--no-progress-bar"]) == 0
+    assert set(LatentCache(str(cache)).conditioning("")) == {"prompt_embeds", "pooled_projections"}
+    encoders = [name for name in DiffusionPipeline.load_config(flow_dir) if name.startswith(("text_encoder", "tokenizer"))]
+    assert set(encoder_fingerprint(flow_dir)) == {"vae", *encoders}  # T5 and its tokenizer included
+    common = dict(method="diffusion-dpo", lora_rank=4, learning_rate=1e-4, max_steps=1)
+    images = train(config_for(flow_dir, data["pairs"], tmp_path / "images", **common))["output_dir"]
+    cached = train(config_for(flow_dir, str(cache), tmp_path / "cached", **common))["output_dir"]
+    first = [json.loads(open(os.path.join(folder, "metrics.jsonl")).readline()) for folder in (images, cached)]
+    assert first[0].keys() == first[1].keys()
+    for name, value in first[0].items():
+        assert first[1][name] == pytest.approx(value, rel=1e-5, abs=1e-6), name
 
 
 @pytest.mark.parametrize("family", ["sd3", "flux"])
