@@ -33,8 +33,8 @@ class TrainConfig:
     # what to train
     method: str = option("the preference method (`diffalign methods` lists them)", default="diffusion-dpo", nonempty=True,
                          metavar="NAME")
-    model: str = option("diffusers pipeline folder or hub id (SD1.x/2.x, SDXL); for text methods a causal LM "
-                        "folder or hub id (required)", default="", metavar="PATH_OR_ID")
+    model: str = option("diffusers pipeline folder or hub id (SD1.x/2.x, SDXL, SD3.x, FLUX.1); for text methods a "
+                        "causal LM folder or hub id (required)", default="", metavar="PATH_OR_ID")
     data: str = option("hub dataset id, save_to_disk folder, parquet, jsonl or .txt file, or a `diffalign cache` "
                        "folder (required)", default="", metavar="PATH_OR_ID")
     output_dir: str = option("folder for checkpoints, metrics and the exported model", default="runs/diffalign",
