@@ -164,7 +164,8 @@ def test_train_and_generate_through_the_cli(flow_dir, data, tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", "--method", "diffusion-dpo", "--model", flow_dir, "--data", data["pairs"], "--output-dir", str(run),
                  "--lora-rank", "4", "--max-steps", "1", "--train-batch-size", "2", "--timestep-density", "mode",
-                 "--no-progress-bar"]) == 0
+                 "--validation-prompts", "a red circle", "--validation-inference-steps", "2", "--no-progress-bar"]) == 0
+    assert os.path.isfile(run / "validation" / "step-1" / "grid.png")  # validation images through the family's pipeline
     out = tmp_path / "images"
     assert main(["generate", "--model", flow_dir, "--lora", str(run), "--prompt", "a red circle", "--steps", "2",
                  "--height", "64", "--width", "64", "--out", str(out), "--no-progress"]) == 0
