@@ -1,6 +1,6 @@
 """``DiffusionModel``: a diffusers text-to-image model as the trainers see it.
 
-It holds the trainable denoiser (a UNet, or SD3's transformer; full or with LoRA adapters through
+It holds the trainable denoiser (a UNet, or SD3's / FLUX's transformer; full or with LoRA adapters through
 peft), the frozen VAE and text encoders, the reference and the model's family
 (``diffalign.diffusion.families``: the noise schedule, prompt encoding, model call, LoRA targets,
 export pipeline), and offers the few operations every method composes: the encode step, timestep
@@ -147,8 +147,7 @@ class DiffusionModel:
         self.lora = lora
         self.resolution = resolution
         self.source, self.revision = source, revision
-        self.alphas_cumprod = getattr(family, "alphas_cumprod", None)
-        """The DDPM schedule (UNet families); None for the flow-matching ones."""
+        self.alphas_cumprod = family.alphas_cumprod
         self.prediction_type = family.prediction_type
         self.num_train_timesteps = family.num_train_timesteps
         self.device = torch.device("cpu")

@@ -45,6 +45,8 @@ class ModelFamily:
     lora_targets: ClassVar[tuple[str, ...]]
     default_guidance: ClassVar[float]
     prediction_type: ClassVar[str]
+    alphas_cumprod: Optional[torch.Tensor] = None
+    """The DDPM schedule (float64, UNet families); None for the flow-matching ones."""
 
     def __init__(self, noise_scheduler):
         self.noise_scheduler = noise_scheduler
