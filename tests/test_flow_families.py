@@ -84,6 +84,17 @@ def test_flow_noising_and_target(flow_dir):
     torch.testing.assert_close(noisy - sigma * model.target(latents, noise, timesteps), latents)
 
 
+@pytest.mark.parametrize("name, scheme", [("logit_normal", "logit_normal"), ("mode", "mode"), ("uniform", "none")])
+def test_timestep_density_is_diffusers(name, scheme):
+    """The same draws as diffusers' ``compute_density_for_timestep_sampling`` from the same generator."""
+    from diffusers.training_utils import compute_density_for_timestep_sampling
+
+    ours = TimestepDensity(name, logit_mean=0.3, logit_std=1.2).sample(1000, torch.Generator().manual_seed(0))
+    theirs = compute_density_for_timestep_sampling(scheme, 1000, logit_mean=0.3, logit_std=1.2, mode_scale=1.29,
+                                                   generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(ours, theirs)
+
+
 def test_timestep_density_statistics(sd3_dir):
     generator = torch.Generator().manual_seed(0)
     u = TimestepDensity("logit_normal", logit_mean=0.5, logit_std=0.8).sample(20000, generator)
