@@ -69,7 +69,8 @@ untuned."""
 class DiffusionNPOConfig(MethodConfig):
     beta: Optional[float] = option("DPO temperature in the -log sigmoid(-(beta/2)(Delta_theta - Delta_ref)) form "
                                    "(default: the official value for the model family, 1000 SD1.x = the SD1.5 "
-                                   "script's beta_dpo 500 without the 1/2, 2000 SDXL)", default=None, gt=0)
+                                   "script's beta_dpo 500 without the 1/2, 2000 SDXL; SD3.x and FLUX.1: 1000, "
+                                   "untuned)", default=None, gt=0)
     caption_dropout: float = option(CAPTION_DROPOUT_HELP + " (the official NPO scripts: none)", default=0.0, ge=0, le=1)
 
     def beta_for(self, family: str) -> float:
