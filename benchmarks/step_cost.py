@@ -2,11 +2,14 @@
 images and from a latent cache, beside diffusers' Diffusion-DPO LoRA script, in one interleaved run.
 
     python -m diffalign.benchmarks.step_cost [--steps 6] [--repeats 2] [--batch 2] [--pairs 32]
-        [--diffusers-script PATH/train_diffusion_dpo.py] [--workdir DIR] [--quick]
+        [--diffusers-script PATH/train_diffusion_dpo.py] [--workdir DIR] [--quick] [--family sd|sd3|flux]
 
 Model: ``diffalign.tiny.build_sd_proportioned_pipeline`` (random weights, SD1.5's components and
 config keys, a 19.9 M-parameter UNet at 32x32 latents whose VAE encoder costs ~0.6 of a UNet forward,
-as SD1.5's does at 512 px), saved once to ``WORKDIR/model``. Data: ``--pairs`` synthetic 256 px PNG
+as SD1.5's does at 512 px), saved once to ``WORKDIR/model``. ``--family sd3`` / ``flux``: the tiny
+SD3-like / FLUX-like pipeline of ``diffalign.tiny.build_tiny_pipeline`` at the same 256 px (32x32
+latents, 256 image tokens; tiny transformers, so the VAE and the T5 encoder weigh more than on the
+real models), saved to ``WORKDIR/model-FAMILY``; the diffusers script row is SD only. Data: ``--pairs`` synthetic 256 px PNG
 pairs, written both as a diffalign jsonl (``data/pairs.jsonl``) and as a Pick-a-Pic-schema parquet
 (``pickapic/train.parquet``: caption, jpg_0, jpg_1, label_0) that the diffusers script loads with
 ``load_dataset(folder, split="train")``. Both read the same image bytes.
@@ -91,7 +94,11 @@ class Config:
 
 
 # ------------------------------------------------------------------------------ preparation
-def prepare(workdir: str, pairs: int, seed: int = 0) -> None:
+def model_dir(workdir: str, family: str) -> str:
+    return os.path.join(workdir, "model" if family == "sd" else f"model-{family}")
+
+
+def prepare(workdir: str, pairs: int, family: str = "sd", seed: int = 0) -> None:
     """Fixture model and data (run in its own subprocess: see the module docstring on RSS)."""
     import io
     import random
@@ -102,11 +109,14 @@ def prepare(workdir: str, pairs: int, seed: int = 0) -> None:
     from PIL import Image, ImageDraw
 
     import diffalign  # noqa: F401
-    from diffalign.tiny import build_sd_proportioned_pipeline
+    from diffalign.tiny import build_sd_proportioned_pipeline, build_tiny_pipeline
 
-    model_dir = os.path.join(workdir, "model")
-    if not os.path.isfile(os.path.join(model_dir, "model_index.json")):
-        build_sd_proportioned_pipeline(seed=seed).save_pretrained(model_dir)
+    model = model_dir(workdir, family)
+    if not os.path.isfile(os.path.join(model, "model_index.json")):
+        if family == "sd":
+            build_sd_proportioned_pipeline(seed=seed).save_pretrained(model)
+        else:
+            build_tiny_pipeline(family, latent_size=RESOLUTION // 8, seed=seed).save_pretrained(model)
 
     rng = random.Random(seed)
     noise = np.random.default_rng(seed)
@@ -176,10 +186,10 @@ def cache_command_available() -> bool:
     return result.returncode == 0
 
 
-def build_cache(workdir: str, log_dir: str) -> tuple[str, float]:
+def build_cache(workdir: str, log_dir: str, family: str) -> tuple[str, float]:
     """Run ``diffalign cache`` once (untimed in the step table); returns (cache path, seconds)."""
-    cache = os.path.join(workdir, "cache")
-    command = [sys.executable, "-m", "diffalign", "cache", "--model", os.path.join(workdir, "model"),
+    cache = os.path.join(workdir, "cache" if family == "sd" else f"cache-{family}")
+    command = [sys.executable, "-m", "diffalign", "cache", "--model", model_dir(workdir, family),
                "--data", os.path.join(workdir, "data", "pairs.jsonl"), "--output", cache, "--resolution", str(RESOLUTION),
                "--no-progress-bar"] + (["--overwrite"] if os.path.exists(cache) else [])
     started = time.perf_counter()
@@ -190,7 +200,7 @@ def build_cache(workdir: str, log_dir: str) -> tuple[str, float]:
 
 # ------------------------------------------------------------------------------ running
 def target_command(config: Config, args, run_dir: str, cache: str | None) -> list[str]:
-    model = os.path.join(args.workdir, "model")
+    model = model_dir(args.workdir, args.family)
     if config.source == "diffusers":
         return [os.path.abspath(args.diffusers_script),
                 "--pretrained_model_name_or_path", model, "--dataset_name", os.path.join(args.workdir, "pickapic"),
@@ -255,7 +265,7 @@ def print_report(configs: list[Config], results: dict, args, notes: dict) -> Non
     get = lambda method, lora, source: find.get((method, lora, source))  # noqa: E731
     script = get("diffusion-dpo", True, "diffusers")
 
-    print(f"\n{args.steps} steps per run (median over {args.repeats} interleaved repeat(s), first {args.warmup} "
+    print(f"\nfamily {args.family}: {args.steps} steps per run (median over {args.repeats} interleaved repeat(s), first {args.warmup} "
           f"interval(s) of each run dropped), batch {args.batch} pairs (SFT: {2 * args.batch} chosen images), {RESOLUTION} px, "
           f"fp32 CPU, 1 torch thread, OMP_NUM_THREADS=1, one process at a time\n")
     print("| configuration | median step (ms) | run medians (ms) | CPU time (ms) | peak RSS (MB) | cache / images | "
@@ -329,6 +339,8 @@ def main(argv=None) -> None:
     parser.add_argument("--workdir", help="work folder (default: a new temporary folder); the model is reused if there")
     parser.add_argument("--timeout", type=float, default=900, help="seconds before a run is killed")
     parser.add_argument("--quick", action="store_true", help="smoke run: 4 steps, 1 repeat, 1 warm-up interval, LoRA only, 8 pairs")
+    parser.add_argument("--family", default="sd", choices=["sd", "sd3", "flux"],
+                        help="sd: the SD1.5-proportioned model (default); sd3 / flux: the tiny flow-matching models")
     parser.add_argument("--prepare", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.quick:
@@ -339,25 +351,27 @@ def main(argv=None) -> None:
         args.workdir = tempfile.mkdtemp(prefix="step_cost_")
     args.workdir = os.path.abspath(args.workdir)
     if args.prepare:
-        prepare(args.workdir, args.pairs)
+        prepare(args.workdir, args.pairs, args.family)
         return
     if args.steps <= args.warmup + 1:
         parser.error("--steps must exceed --warmup + 1")
     if args.diffusers_script and not os.path.isfile(args.diffusers_script):
         parser.error(f"--diffusers-script {args.diffusers_script}: no such file")
+    if args.diffusers_script and args.family != "sd":
+        parser.error("--diffusers-script trains SD UNets: use it with --family sd")
 
     started = time.perf_counter()
     os.makedirs(args.workdir, exist_ok=True)
     subprocess.run([sys.executable, "-m", "diffalign.benchmarks.step_cost", "--prepare", "--workdir", args.workdir,
-                    "--pairs", str(args.pairs)], check=True, env=child_env())
-    log_dir = os.path.join(args.workdir, "runs")
+                    "--pairs", str(args.pairs), "--family", args.family], check=True, env=child_env())
+    log_dir = os.path.join(args.workdir, "runs" if args.family == "sd" else f"runs-{args.family}")
     os.makedirs(log_dir, exist_ok=True)
     notes: dict = {"footer": []}
 
     cache = None
     if cache_command_available():
         try:
-            cache, seconds = build_cache(args.workdir, log_dir)
+            cache, seconds = build_cache(args.workdir, log_dir, args.family)
             notes["footer"].append(f"`diffalign cache` of {args.pairs} pairs at {RESOLUTION} px: {seconds:.1f} s "
                                    "(once, not in the table)")
         except subprocess.CalledProcessError:
@@ -368,7 +382,7 @@ def main(argv=None) -> None:
     configs = []
     if args.diffusers_script and "diffusion-dpo" in args.methods and "lora" in args.tunings:
         configs.append(Config("diffusion-dpo", True, "diffusers"))
-    elif not args.diffusers_script:
+    elif not args.diffusers_script and args.family == "sd":
         notes["footer"].append("diffusers script row skipped: pass --diffusers-script PATH/train_diffusion_dpo.py")
     for lora in (tuning == "lora" for tuning in args.tunings):
         for method in args.methods:

@@ -1,11 +1,12 @@
 """Tiny models built from configs with random weights, fully offline: for tests, benchmarks and the toy world.
 
-Diffusion: real diffusers pipelines (``StableDiffusionPipeline`` / ``StableDiffusionXLPipeline``) with the
-same components and config keys as SD1.x and SDXL, only narrower, so the loading, training and export
+Diffusion: real diffusers pipelines (``StableDiffusionPipeline`` / ``StableDiffusionXLPipeline`` /
+``StableDiffusion3Pipeline``) with the same components and config keys as SD1.x, SDXL and SD3.5, only narrower, so the loading, training and export
 code paths that serve real checkpoints are the ones exercised (research/packaging.md §2-§3). The
 tokenizer is a real ``CLIPTokenizer``: either the full OpenAI-CLIP vocabulary derived from the BPE
 file that open_clip ships (token ids identical to CLIP's), or a small BPE trained on a given corpus,
-which keeps the text embedding table tiny.
+which keeps the text embedding table tiny. SD3's T5 tokenizer is a ``T5TokenizerFast`` over a small
+Unigram model trained the same way (no sentencepiece file needed).
 
 Text: a byte-level BPE trained with ``tokenizers`` on the given corpus, wrapped as a
 ``PreTrainedTokenizerFast`` with ChatML-style special tokens and chat template, and a
@@ -23,7 +24,7 @@ from typing import Iterable, Literal
 
 import torch
 
-Family = Literal["sd", "sdxl"]
+Family = Literal["sd", "sdxl", "sd3", "flux"]
 
 CLIP_MAX_LENGTH = 77
 
@@ -115,19 +116,21 @@ def tiny_unet(family: Family = "sd", sample_size: int = 8, cross_attention_dim: 
     return UNet2DConditionModel(**kwargs)
 
 
-def tiny_vae(downsample_blocks: int = 3, width: int = 32):
-    """A tiny ``AutoencoderKL``; ``downsample_blocks`` + 1 blocks give a 2**downsample_blocks scale factor."""
+def tiny_vae(downsample_blocks: int = 3, width: int = 32, latent_channels: int = 4, **overrides):
+    """A tiny ``AutoencoderKL``; ``downsample_blocks`` + 1 blocks give a 2**downsample_blocks scale factor;
+    ``overrides``: further config keys (SD3's ``scaling_factor``, ``shift_factor``, ...)."""
     from diffusers import AutoencoderKL
 
     blocks = downsample_blocks + 1
     return AutoencoderKL(
-        latent_channels=4,
+        latent_channels=latent_channels,
         layers_per_block=1,
         block_out_channels=(width,) * blocks,
         norm_num_groups=min(32, width),
         down_block_types=("DownEncoderBlock2D",) * blocks,
         up_block_types=("UpDecoderBlock2D",) * blocks,
         sample_size=8 * 2**downsample_blocks,
+        **overrides,
     )
 
 
@@ -166,6 +169,50 @@ def tiny_scheduler(prediction_type: str = "epsilon", **overrides):
     )
 
 
+def tiny_t5_tokenizer(corpus: Iterable[str], vocab_size: int = 200):
+    """A ``T5TokenizerFast`` (``<pad>`` = 0, ``</s>`` = 1 appended, ``<unk>`` = 2) over a Unigram model
+    trained on ``corpus`` with T5's Metaspace pre-tokenisation."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import T5TokenizerFast
+
+    tokenizer = Tokenizer(models.Unigram())
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
+    tokenizer.decoder = decoders.Metaspace()
+    trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>",
+                                      show_progress=False)
+    tokenizer.train_from_iterator(list(corpus), trainer=trainer)
+    tokenizer.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return T5TokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", extra_ids=0)
+
+
+def tiny_t5_encoder(vocab_size: int, d_model: int = 32):
+    from transformers import T5Config, T5EncoderModel
+
+    return T5EncoderModel(T5Config(vocab_size=vocab_size, d_model=d_model, d_ff=2 * d_model, d_kv=8, num_layers=1,
+                                   num_heads=4, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1))
+
+
+def tiny_sd3_transformer(sample_size: int = 8, latent_channels: int = 16, joint_attention_dim: int = 32,
+                         pooled_projection_dim: int = 32):
+    """A tiny ``SD3Transformer2DModel`` (patch 2, two joint blocks, SD3.5's qk RMS norm)."""
+    from diffusers import SD3Transformer2DModel
+
+    return SD3Transformer2DModel(sample_size=sample_size, patch_size=2, in_channels=latent_channels, num_layers=2,
+                                 attention_head_dim=8, num_attention_heads=4, joint_attention_dim=joint_attention_dim,
+                                 caption_projection_dim=32, pooled_projection_dim=pooled_projection_dim,
+                                 out_channels=latent_channels, pos_embed_max_size=16, qk_norm="rms_norm")
+
+
+def tiny_flux_transformer(latent_channels: int = 16, joint_attention_dim: int = 32, pooled_projection_dim: int = 32):
+    """A tiny ``FluxTransformer2DModel`` on packed latents (4 x ``latent_channels`` features), one double and
+    one single block, with FLUX.1-dev's guidance embedding."""
+    from diffusers import FluxTransformer2DModel
+
+    return FluxTransformer2DModel(patch_size=1, in_channels=4 * latent_channels, num_layers=1, num_single_layers=1,
+                                  attention_head_dim=16, num_attention_heads=2, joint_attention_dim=joint_attention_dim,
+                                  pooled_projection_dim=pooled_projection_dim, guidance_embeds=True, axes_dims_rope=(4, 4, 8))
+
+
 def build_tiny_pipeline(
     family: Family = "sd",
     prediction_type: str = "epsilon",
@@ -176,12 +223,34 @@ def build_tiny_pipeline(
     """A tiny SD1.x-like or SDXL-like pipeline with random weights (deterministic under ``seed``).
 
     Images are ``latent_size * 8`` pixels square (the VAE downsamples by 8, as SD's does).
+    SD3-like (``family="sd3"``, ``prediction_type`` unused): two CLIP encoders with projections (16 wide
+    each, concatenated: 32 = the tiny T5's width = the transformer's joint attention width; pooled 16 +
+    16), a VAE with 16 latent channels and SD3's scaling and shift factors, the flow-matching scheduler
+    with SD3's shift 3. FLUX-like (``family="flux"``): a CLIP encoder (32 wide: its pooled output is the
+    transformer's pooled projection) and a tiny T5 (32 = the joint attention width), a VAE with 16 latent
+    channels and FLUX's scaling and shift factors, the flow-matching scheduler with FLUX's dynamic shift.
     """
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
     torch.manual_seed(seed)
     tokenizer = tokenizer if tokenizer is not None else small_clip_tokenizer(_DEFAULT_CORPUS)
     vocab_size = len(tokenizer)
+    if family == "sd3":
+        from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
+
+        t5_tokenizer = tiny_t5_tokenizer(_DEFAULT_CORPUS)
+        return StableDiffusion3Pipeline(
+            transformer=tiny_sd3_transformer(sample_size=latent_size),
+            scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+            vae=tiny_vae(latent_channels=16, scaling_factor=1.5305, shift_factor=0.0609, use_quant_conv=False,
+                         use_post_quant_conv=False),
+            text_encoder=tiny_text_encoder(vocab_size, hidden_size=16, with_projection=True, projection_dim=16),
+            tokenizer=tokenizer,
+            text_encoder_2=tiny_text_encoder(vocab_size, hidden_size=16, with_projection=True, projection_dim=16),
+            tokenizer_2=tokenizer,
+            text_encoder_3=tiny_t5_encoder(len(t5_tokenizer)),
+            tokenizer_3=t5_tokenizer,
+        )
     vae = tiny_vae()
     scheduler = tiny_scheduler(prediction_type)
     if family == "sd":
@@ -208,7 +277,22 @@ def build_tiny_pipeline(
             unet=unet,
             scheduler=scheduler,
         )
-    raise ValueError(f"family must be 'sd' or 'sdxl', got {family!r}")
+    if family == "flux":
+        from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
+
+        t5_tokenizer = tiny_t5_tokenizer(_DEFAULT_CORPUS)
+        return FluxPipeline(
+            transformer=tiny_flux_transformer(),
+            scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+                                                      base_image_seq_len=256, max_image_seq_len=4096),
+            vae=tiny_vae(latent_channels=16, scaling_factor=0.3611, shift_factor=0.1159, use_quant_conv=False,
+                         use_post_quant_conv=False),
+            text_encoder=tiny_text_encoder(vocab_size),
+            tokenizer=tokenizer,
+            text_encoder_2=tiny_t5_encoder(len(t5_tokenizer)),
+            tokenizer_2=t5_tokenizer,
+        )
+    raise ValueError(f"family must be 'sd', 'sdxl', 'sd3' or 'flux', got {family!r}")
 
 
 _DEFAULT_CORPUS = [

@@ -24,7 +24,7 @@ def add_generate_command(subparsers) -> argparse.ArgumentParser:
                     "the same command generates only the images that are missing.",
     )
     model = parser.add_argument_group("model")
-    model.add_argument("--model", required=True, help="diffusers SD1.x/2.x or SDXL pipeline folder or hub id (the positive model)")
+    model.add_argument("--model", required=True, help="diffusers SD1.x/2.x, SDXL, SD3.x or FLUX.1 pipeline folder or hub id (the positive model)")
     model.add_argument("--lora", metavar="DIR", help="LoRA folder (pytorch_lora_weights.safetensors, as `diffalign train "
                        "--lora-rank` exports it) fused into --model")
     model.add_argument("--revision", help="revision of --model on the hub")

@@ -15,8 +15,10 @@ the images that exist and are listed; rerunning into the same folder with other 
 prompt at an index) stops before loading anything, naming the setting: ``overwrite=True`` starts over,
 or use another folder. More prompts or images per prompt than the folder holds only add images.
 
-Models: the positive model is a diffusers SD1.x/2.x or SDXL pipeline (folder or hub id), optionally
-with a LoRA folder fused in (``lora``). With ``negative_model`` the negative branch of classifier-free
+Models: the positive model is a diffusers pipeline of a family diffalign trains (SD1.x/2.x, SDXL,
+SD3.x; folder or hub id), optionally with a LoRA folder fused in (``lora``). The flow-matching
+families (SD3.x) generate with their own diffusers pipeline and plain classifier-free guidance: the
+negative model and the user adapter below are UNet pieces. With ``negative_model`` the negative branch of classifier-free
 guidance runs a second UNet (NPO, research/diffusion_methods_B.md §1.4 and §2.4):
 ``eps = eps_neg(x, c_neg) + w (eps_pos(x, c) - eps_neg(x, c_neg))``. The negative is a pipeline whose
 ``unet/`` is the trained negative (a ``self-npo`` or full fine-tuned ``diffusion-npo`` output), or a LoRA
@@ -46,6 +48,7 @@ from typing import Any, Iterator, Optional, Sequence, Union
 import torch
 
 from diffalign.data.errors import DataError
+from diffalign.diffusion.families import FAMILIES, trained_pipelines
 from diffalign.diffusion.seeds import SEED_STRIDE, image_seed, image_seeds  # noqa: F401  (the seed rule, re-exported)
 from diffalign.errors import ModelLoadError, UsageError, UserError
 from diffalign.pipelines.generation_folder import (
@@ -59,15 +62,15 @@ from diffalign.rewards.records import RecordError, candidate_image_name, read_js
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 DEVICES = ("auto", "cpu", "cuda")
-DEFAULT_GUIDANCE = {"sd": 7.5, "sdxl": 5.0}  # the NPO generation scripts' cfg (gen.py / gen_xl.sh)
+DEFAULT_GUIDANCE = {name: family.default_guidance for name, family in FAMILIES.items()}
 DEFAULT_STEPS = 25
 MAX_SEED = 2**63 - 1
 # model_index.json class names -> family; a pipeline saved by the NPO classes loads as its family
 PIPELINE_FAMILIES = {
-    "StableDiffusionPipeline": "sd", "StableDiffusionNPOPipeline": "sd",
-    "StableDiffusionXLPipeline": "sdxl", "StableDiffusionXLNPOPipeline": "sdxl",
+    **{class_name: name for name, family in FAMILIES.items() for class_name in family.pipeline_class_names},
+    "StableDiffusionNPOPipeline": "sd", "StableDiffusionXLNPOPipeline": "sdxl",
 }
-FAMILY_NAMES = {"sd": "SD1.x/2.x", "sdxl": "SDXL"}
+FAMILY_NAMES = {name: family.title for name, family in FAMILIES.items()}
 SCHEDULER_ALIASES = {
     "ddim": "DDIMScheduler",
     "ddpm": "DDPMScheduler",
@@ -279,7 +282,7 @@ def _family_of(model: str, revision: Optional[str], option: str) -> str:
     family = PIPELINE_FAMILIES.get(index.get("_class_name"))
     if family is None:
         raise ModelLoadError(f"{option} {model} is a {index.get('_class_name')}; diffalign generates with "
-                             "StableDiffusionPipeline (SD1.x/2.x) and StableDiffusionXLPipeline models")
+                             f"{', '.join(trained_pipelines())} models")
     return family
 
 
@@ -289,6 +292,10 @@ def resolve_settings(settings: GenerateSettings) -> tuple[str, dict[str, Any]]:
     from diffalign.diffusion.model import default_resolution, read_model_index
 
     family = _family_of(settings.model, settings.revision, "--model")
+    for option, value in (("--negative-model", settings.negative_model), ("--user-adapter", settings.user_adapter)):
+        if value is not None and not FAMILIES[family].ddpm_unet:
+            raise UsageError(f"{option} is a UNet piece (SD1.x/2.x, SDXL); {FAMILY_NAMES[family]} models generate with "
+                             "plain classifier-free guidance")
     if settings.negative_model is not None:
         if not is_lora_folder(settings.negative_model):
             negative_family = _family_of(settings.negative_model, None, "--negative-model")
@@ -357,15 +364,18 @@ def _loading(what: str) -> Iterator[None]:
 
 def load_pipeline(settings: GenerateSettings, family: str, recorded: dict[str, Any], device: torch.device):
     """The generation pipeline (``StableDiffusionNPOPipeline`` / ``StableDiffusionXLNPOPipeline``, or with
-    ``user_adapter`` the PPD pipelines of ``diffalign.pipelines.personalized``): the positive model with its LoRA fused in, the negative UNet where one is given (else plain classifier-
+    ``user_adapter`` the PPD pipelines of ``diffalign.pipelines.personalized``; a flow-matching family's
+    own diffusers pipeline): the positive model with its LoRA fused in, the negative UNet where one is given (else plain classifier-
     free guidance), in ``settings.dtype`` on ``device``, its own progress bar off. Weights are combined in
     float32 and cast afterwards."""
     from diffalign.diffusion.model import cast
     from diffalign.pipelines.stable_diffusion_npo import StableDiffusionNPOPipeline
     from diffalign.pipelines.stable_diffusion_xl_npo import StableDiffusionXLNPOPipeline
 
-    extra = {} if family == "sdxl" else {"safety_checker": None, "requires_safety_checker": False}
-    if settings.user_adapter is not None:
+    extra = {} if family != "sd" else {"safety_checker": None, "requires_safety_checker": False}
+    if not FAMILIES[family].ddpm_unet:
+        pipeline_class = FAMILIES[family].pipeline_class()
+    elif settings.user_adapter is not None:
         from diffalign.pipelines.personalized import StableDiffusionPPDPipeline, StableDiffusionXLPPDPipeline
 
         pipeline_class = StableDiffusionXLPPDPipeline if family == "sdxl" else StableDiffusionPPDPipeline

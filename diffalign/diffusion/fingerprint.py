@@ -6,9 +6,12 @@ fingerprint is one sha256 per component of what decides their outputs, not of ho
 written, so a pipeline saved again (``save_pretrained`` adds ``_name_or_path``, another library
 version, another serialisation of the same tokenizer) keeps its fingerprint:
 
-- ``vae``, ``text_encoder``, ``text_encoder_2``: the config without bookkeeping keys (``_name_or_path``,
-  library versions), and every weight tensor's name, dtype, shape and bytes;
-- ``tokenizer``, ``tokenizer_2``: the CLIP vocabulary, BPE merges and maximum length.
+- ``vae``, ``text_encoder``, ``text_encoder_2``, ``text_encoder_3`` (SD3's T5): the config without
+  bookkeeping keys (``_name_or_path``, library versions), and every weight tensor's name, dtype, shape
+  and bytes;
+- ``tokenizer``, ``tokenizer_2``, ``tokenizer_3``: a CLIP tokenizer's vocabulary, BPE merges and maximum
+  length; any other (T5: SD3's ``tokenizer_3``, FLUX's ``tokenizer_2``) the ``tokenizers`` model it is
+  backed by (its JSON serialisation) and its maximum length.
 
 Hashing reads the weights once: about a second per GB.
 """
@@ -23,8 +26,8 @@ from typing import Optional
 
 from diffalign.errors import ModelLoadError
 
-MODEL_COMPONENTS = ("vae", "text_encoder", "text_encoder_2")
-TOKENIZER_COMPONENTS = ("tokenizer", "tokenizer_2")
+MODEL_COMPONENTS = ("vae", "text_encoder", "text_encoder_2", "text_encoder_3")
+TOKENIZER_COMPONENTS = ("tokenizer", "tokenizer_2", "tokenizer_3")
 BOOKKEEPING_KEYS = ("_name_or_path", "_diffusers_version", "transformers_version", "_commit_hash", "_use_default_values")
 
 
@@ -78,8 +81,17 @@ def _model_digest(folder: str) -> str:
 
 
 def _tokenizer_digest(folder: str) -> str:
-    from transformers import CLIPTokenizer
+    from transformers import AutoTokenizer, CLIPTokenizer
 
+    config_path = os.path.join(folder, "tokenizer_config.json")
+    tokenizer_class = "CLIPTokenizer"
+    if os.path.isfile(config_path):
+        with open(config_path) as handle:
+            tokenizer_class = json.load(handle).get("tokenizer_class") or tokenizer_class
+    if not tokenizer_class.startswith("CLIP"):
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        payload = {"backend": json.loads(tokenizer.backend_tokenizer.to_str()), "max_length": tokenizer.model_max_length}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
     tokenizer = CLIPTokenizer.from_pretrained(folder)
     if hasattr(tokenizer, "backend_tokenizer"):  # a tokenizers-backed CLIPTokenizer
         merges = json.loads(tokenizer.backend_tokenizer.to_str())["model"]["merges"]

@@ -1,9 +1,13 @@
 """``DiffusionModel``: a diffusers text-to-image model as the trainers see it.
 
-It holds the trainable UNet (full or with LoRA adapters through peft), the frozen VAE and text
-encoders, the training noise schedule and the reference, and offers the few operations every
-method composes: the encode step, forward noising, the policy and reference predictions, and the
-regression target for the model's ``prediction_type`` (epsilon or v).
+It holds the trainable denoiser (a UNet, or SD3's / FLUX's transformer; full or with LoRA adapters through
+peft), the frozen VAE and text encoders, the reference and the model's family
+(``diffalign.diffusion.families``: the noise schedule, prompt encoding, model call, LoRA targets,
+export pipeline), and offers the few operations every method composes: the encode step, timestep
+sampling, forward noising, the policy and reference predictions, and the regression target (epsilon
+or v on the DDPM UNet families, the flow velocity eps - x0 on the flow-matching ones). Everything
+family-specific is delegated to the family, so that the methods never branch on it. The denoiser
+attributes keep the name ``unet`` (``unet``, ``unwrapped_unet``, ``reference_unet``) for every family.
 
 The encode step (``encode_batch``, DESIGN.md §4) runs between collate and loss: a raw batch (pixels
 and prompts, or their cached latents and embeddings) becomes model inputs (latents per image role,
@@ -34,19 +38,16 @@ from typing import Optional, Sequence
 
 import torch
 
-from diffalign.diffusion.attention import set_attention_backend
-from diffalign.diffusion.conditioning import Conditioning, encode_sd_prompts, encode_sdxl_prompts
-from diffalign.diffusion.noising import add_noise, epsilon_from_velocity, velocity, x0_from_epsilon, x0_from_velocity
+from diffalign.diffusion.conditioning import Conditioning
+from diffalign.diffusion.families import ModelFamily, TimestepDensity, family_for_pipeline, trained_pipelines
 from diffalign.diffusion.user_branch import add_user_branch, has_user_branch, user_branch_scale, user_branch_state_dict
 from diffalign.errors import ModelLoadError
 from diffalign.hub import hub_unavailable_as_error, require_cached_when_offline
 
-FAMILIES = {"StableDiffusionPipeline": "sd", "StableDiffusionXLPipeline": "sdxl"}
 IMAGE_ROLES = ("chosen", "rejected", "image")
 """Image roles of a batch (``<role>_pixels`` or ``<role>_latent_mean/_std``), in the order the encode
 step concatenates them: one posterior draw covers all images of a micro-batch."""
 ENCODED_SUFFIXES = ("_pixels", "_latent_mean", "_latent_std")
-DEFAULT_LORA_TARGETS = ["to_k", "to_q", "to_v", "to_out.0"]
 USER_ADAPTER_FILE = "user_adapter.safetensors"
 USER_ADAPTER_CONFIG = "user_adapter.json"
 """PPD's export: the user branch in IP-Adapter's layout, and what generating with it needs (the base
@@ -59,14 +60,15 @@ class LoraSettings:
     alpha: Optional[float] = None
     target_modules: Optional[Sequence[str]] = None
 
-    def peft_config(self):
+    def peft_config(self, default_targets: Sequence[str]):
+        """peft's config; ``default_targets`` (the family's) unless ``target_modules`` is given."""
         from peft import LoraConfig
 
         return LoraConfig(
             r=self.rank,
             lora_alpha=self.alpha if self.alpha is not None else self.rank,
             init_lora_weights="gaussian",
-            target_modules=list(self.target_modules or DEFAULT_LORA_TARGETS),
+            target_modules=list(self.target_modules or default_targets),
         )
 
 
@@ -98,63 +100,70 @@ def read_model_index(model: str, revision: Optional[str] = None) -> dict:
         raise ModelLoadError(f"could not load model {model!r} from the hub: {error}") from error
 
 
-def default_resolution(model: str, revision: Optional[str] = None) -> int:
-    """The model's own training resolution: UNet sample size x the VAE's downsampling factor (read
-    from the two configs, nothing loaded): 512 for SD1.5, 1024 for SDXL."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
+def model_family(model: str, revision: Optional[str] = None) -> type[ModelFamily]:
+    """The family of a pipeline folder or hub id (from its ``model_index.json``), or a ``ModelLoadError``."""
+    index = read_model_index(model, revision)
+    family = family_for_pipeline(index.get("_class_name"))
+    if family is None:
+        raise ModelLoadError(
+            f"model {model!r} is a {index.get('_class_name')}; diffalign trains {', '.join(trained_pipelines())} models"
+        )
+    return family
 
-    read_model_index(model, revision)
+
+def default_resolution(model: str, revision: Optional[str] = None) -> int:
+    """The model's own training resolution: denoiser sample size x the VAE's downsampling factor (read
+    from the two configs, nothing loaded): 512 for SD1.5, 1024 for SDXL and SD3.5."""
+    from diffusers import AutoencoderKL
+
+    family = model_family(model, revision)
     try:
-        unet = UNet2DConditionModel.load_config(model, subfolder="unet", revision=revision)
+        denoiser = family.denoiser_class().load_config(model, subfolder=family.denoiser_subfolder, revision=revision)
         vae = AutoencoderKL.load_config(model, subfolder="vae", revision=revision)
     except Exception as error:
-        raise ModelLoadError(f"could not read the unet/ and vae/ configs of {model!r}: {error}") from error
-    return resolution_of(unet, vae)
-
-
-def resolution_of(unet_config, vae_config) -> int:
-    return unet_config["sample_size"] * 2 ** (len(vae_config["block_out_channels"]) - 1)
+        raise ModelLoadError(f"could not read the {family.denoiser_subfolder}/ and vae/ configs of {model!r}: {error}") from error
+    return family.resolution_of(denoiser, vae)
 
 
 class DiffusionModel:
     """See the module docstring. Build with ``DiffusionModel.from_pretrained``."""
 
-    def __init__(self, family, unet, vae, text_encoders, tokenizers, noise_scheduler, inference_scheduler,
+    def __init__(self, family: ModelFamily, unet, vae, text_encoders, tokenizers, inference_scheduler,
                  reference_unet=None, reference_mode: Optional[str] = None, lora: Optional[LoraSettings] = None,
                  resolution: int = 512, vae_config: Optional[dict] = None, source: Optional[str] = None,
                  revision: Optional[str] = None):
-        self.family = family
+        self.family_adapter = family
+        self.family = family.name
         self.unet = unet
         self.unwrapped_unet = unet
         self.vae = vae
         self.vae_config = dict(vae_config if vae_config is not None else vae.config)
         self.text_encoders = list(text_encoders)
         self.tokenizers = list(tokenizers)
-        self.noise_scheduler = noise_scheduler
+        self.noise_scheduler = family.noise_scheduler
         self.inference_scheduler = inference_scheduler
         self.reference_unet = reference_unet
         self.reference_mode = reference_mode
         self.lora = lora
         self.resolution = resolution
         self.source, self.revision = source, revision
-        self.alphas_cumprod = noise_scheduler.alphas_cumprod.to(torch.float64)
-        self.prediction_type = noise_scheduler.config.prediction_type
-        self.num_train_timesteps = noise_scheduler.config.num_train_timesteps
+        self.alphas_cumprod = family.alphas_cumprod
+        self.prediction_type = family.prediction_type
+        self.num_train_timesteps = family.num_train_timesteps
         self.device = torch.device("cpu")
         self.weight_dtype = torch.float32
         self._empty_conditioning: Optional[Conditioning] = None
         self.user_adapter_info: dict = {}
         """What PPD's export records beside the branch (the user embeddings' encoder), set by the trainer."""
-        if self.prediction_type not in ("epsilon", "v_prediction"):
-            raise ModelLoadError(f"prediction_type {self.prediction_type!r} is not supported (epsilon, v_prediction)")
 
     # ----------------------------------------------------------------------------------- loading
     @classmethod
     def from_pretrained(cls, model: str, *, reference: Optional[str] = "copy", lora: Optional[LoraSettings] = None,
                         attention: str = "sdpa", gradient_checkpointing: bool = False, resolution: Optional[int] = None,
                         revision: Optional[str] = None, load_encoders: bool = True,
-                        user_embedding_stats: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> "DiffusionModel":
-        """Load the components of an SD1.x/2.x or SDXL pipeline (hub id or local folder).
+                        user_embedding_stats: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
+                        timestep_density: Optional[TimestepDensity] = None) -> "DiffusionModel":
+        """Load the components of a pipeline of a registered family (hub id or local folder).
 
         ``reference``: None (no reference), ``copy``, ``adapters`` (needs ``lora``), ``ema`` or ``user-off``
         (needs ``user_embedding_stats``).
@@ -164,17 +173,19 @@ class DiffusionModel:
         ``resolution``: of the training images; None is the model's own (UNet sample size x VAE factor).
         ``load_encoders=False``: only the VAE's config is read, and neither the VAE nor the text encoders
         are loaded (training from a latent cache).
+        ``timestep_density``: the training timestep density of a flow-matching family (default: the
+        family's, ``diffalign.diffusion.families.flow``).
         """
         import diffusers
-        from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-        from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+        from diffusers import AutoencoderKL
 
+        family_class = model_family(model, revision)
         index = read_model_index(model, revision)
-        family = FAMILIES.get(index.get("_class_name"))
-        if family is None:
-            raise ModelLoadError(
-                f"model {model!r} is a {index.get('_class_name')}; diffalign trains {', '.join(FAMILIES)} models"
-            )
+        if timestep_density is not None and family_class.ddpm_unet:
+            raise ModelLoadError(f"a timestep density is for the flow-matching families; {family_class.title} models "
+                                 "draw DDPM timesteps uniformly")
+        if user_embedding_stats is not None and not family_class.ddpm_unet:
+            raise ModelLoadError(f"PPD's user branch lives in a UNet's cross-attention; {family_class.title} models have none")
         if reference == "adapters" and lora is None:
             raise ModelLoadError("reference 'adapters' needs LoRA (--lora-rank > 0); use reference 'copy' for full fine-tuning")
         if (reference == "user-off") != (user_embedding_stats is not None):
@@ -186,36 +197,34 @@ class DiffusionModel:
             except Exception as error:
                 raise ModelLoadError(f"could not load {subfolder}/ of {model!r}: {error}") from error
 
-        unet = load(UNet2DConditionModel, "unet")
+        family = family_class.load_schedule(load)
+        if timestep_density is not None:
+            family.density = timestep_density
+        unet = load(family_class.denoiser_class(), family_class.denoiser_subfolder)
         vae, vae_config, text_encoders, tokenizers = None, None, [], []
         if load_encoders:
             vae = load(AutoencoderKL, "vae")
-            tokenizers = [load(CLIPTokenizer, "tokenizer")]
-            text_encoders = [load(CLIPTextModel, "text_encoder")]
-            if family == "sdxl":
-                tokenizers.append(load(CLIPTokenizer, "tokenizer_2"))
-                text_encoders.append(load(CLIPTextModelWithProjection, "text_encoder_2"))
+            text_encoders, tokenizers = family.load_text_encoders(load)
         else:
             try:
                 vae_config = AutoencoderKL.load_config(model, subfolder="vae", revision=revision)
             except Exception as error:
                 raise ModelLoadError(f"could not read vae/config.json of {model!r}: {error}") from error
         if resolution is None:
-            resolution = resolution_of(unet.config, vae.config if vae is not None else vae_config)
-        noise_scheduler = load(DDPMScheduler, "scheduler")
+            resolution = family.resolution_of(unet.config, vae.config if vae is not None else vae_config)
         inference_scheduler = load(getattr(diffusers, index["scheduler"][1]), "scheduler")
 
         for frozen in (vae, *text_encoders):
             if frozen is not None:
                 frozen.requires_grad_(False).eval()
-        set_attention_backend(unet, attention)
+        family.set_attention_backend(unet, attention)
         reference_unet = None
         if reference == "copy":
             reference_unet = copy.deepcopy(unet).requires_grad_(False).eval()
         if lora is not None or user_embedding_stats is not None:
             unet.requires_grad_(False)
         if lora is not None:
-            unet.add_adapter(lora.peft_config())
+            unet.add_adapter(lora.peft_config(family.lora_targets))
         if user_embedding_stats is not None:  # after the backend (the branch follows it) and the adapters (never on the branch)
             add_user_branch(unet, *user_embedding_stats)
         if reference == "ema":  # after the adapters: the teacher averages them too
@@ -223,7 +232,7 @@ class DiffusionModel:
         if gradient_checkpointing:
             unet.enable_gradient_checkpointing()
         unet.train()
-        return cls(family, unet, vae, text_encoders, tokenizers, noise_scheduler, inference_scheduler,
+        return cls(family, unet, vae, text_encoders, tokenizers, inference_scheduler,
                    reference_unet=reference_unet, reference_mode=reference, lora=lora, resolution=resolution,
                    vae_config=vae_config, source=model, revision=revision)
 
@@ -231,7 +240,7 @@ class DiffusionModel:
     def latent_shape(self) -> tuple[int, int, int]:
         """(channels, height, width) of one training image's latents."""
         size = self.resolution // 2 ** (len(self.vae_config["block_out_channels"]) - 1)
-        return (self.unwrapped_unet.config.in_channels, size, size)
+        return (self.vae_config["latent_channels"], size, size)
 
     @property
     def has_encoders(self) -> bool:
@@ -274,15 +283,12 @@ class DiffusionModel:
         if has_user_branch(unwrapped):
             self._export_user_adapter(output_dir, unwrapped)
         if self.lora is not None:
-            from peft.utils import get_peft_model_state_dict
-            from diffusers.utils import convert_state_dict_to_diffusers
-
-            layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unwrapped))
+            layers = self.family_adapter.lora_layers(unwrapped)
             # the adapter's config (lora_alpha above all) travels in the file's metadata: without it every
             # diffusers loader applies the LoRA at scale 1 instead of alpha / rank
             metadata = unwrapped.peft_config["default"].to_dict()
-            pipeline_class.save_lora_weights(output_dir, unet_lora_layers=layers, safe_serialization=True,
-                                             unet_lora_adapter_metadata=metadata)
+            pipeline_class.save_lora_weights(output_dir, safe_serialization=True,
+                                             **self.family_adapter.lora_save_kwargs(layers, metadata))
             return
         if has_user_branch(unwrapped):
             return
@@ -290,7 +296,8 @@ class DiffusionModel:
         if self.has_encoders:
             pipeline = self.build_pipeline(unet=unet, device="cpu")
         else:  # trained from a latent cache: the other components come from the source model's files
-            pipeline = pipeline_class.from_pretrained(self.source, unet=unet, revision=self.revision)
+            pipeline = pipeline_class.from_pretrained(self.source, revision=self.revision,
+                                                      **{self.family_adapter.denoiser_subfolder: unet})
         pipeline.save_pretrained(output_dir, safe_serialization=True)
 
     def _export_user_adapter(self, output_dir: str, unwrapped: torch.nn.Module) -> None:
@@ -305,20 +312,14 @@ class DiffusionModel:
 
     # ------------------------------------------------------------------------------ generation
     def pipeline_class(self):
-        from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
-
-        return StableDiffusionXLPipeline if self.family == "sdxl" else StableDiffusionPipeline
+        return self.family_adapter.pipeline_class()
 
     def build_pipeline(self, unet: Optional[torch.nn.Module] = None, device=None):
-        """A diffusers pipeline over these components (the policy UNet unless ``unet`` is given)."""
+        """A diffusers pipeline over these components (the policy denoiser unless ``unet`` is given)."""
         unet = unet if unet is not None else self.unwrapped_unet
-        components = dict(vae=self.vae, unet=unet, scheduler=copy.deepcopy(self.inference_scheduler))
-        if self.family == "sdxl":
-            components.update(text_encoder=self.text_encoders[0], text_encoder_2=self.text_encoders[1],
-                              tokenizer=self.tokenizers[0], tokenizer_2=self.tokenizers[1])
-        else:
-            components.update(text_encoder=self.text_encoders[0], tokenizer=self.tokenizers[0],
-                              safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+        components = dict(vae=self.vae, scheduler=copy.deepcopy(self.inference_scheduler),
+                          **{self.family_adapter.denoiser_subfolder: unet},
+                          **self.family_adapter.pipeline_components(self.text_encoders, self.tokenizers))
         pipeline = self.pipeline_class()(**components)
         return pipeline.to(device) if device is not None else pipeline
 
@@ -359,12 +360,7 @@ class DiffusionModel:
         """The unconditional branch's conditioning as the family's pipeline builds it (one row): the
         empty prompt's for SD1.x/2.x; for SDXL all-zero prompt and pooled embeddings with the usual
         time ids (``force_zeros_for_empty_prompt``, as the Self-NPO and NPO SDXL code)."""
-        empty = self.empty_conditioning()
-        if self.family != "sdxl":
-            return empty
-        added = dict(empty.added_cond_kwargs)
-        added["text_embeds"] = torch.zeros_like(added["text_embeds"])
-        return Conditioning(torch.zeros_like(empty.prompt_embeds), added)
+        return self.family_adapter.null_conditioning(self.empty_conditioning())
 
     def empty_conditioning(self) -> Conditioning:
         """The empty prompt's conditioning (one row), which caption dropout swaps in."""
@@ -408,50 +404,48 @@ class DiffusionModel:
         return self.sample_latents(*self.posterior(pixels), generator)
 
     def encode_prompts(self, prompts: Sequence[str]) -> Conditioning:
-        if self.family == "sdxl":
-            return encode_sdxl_prompts(self.text_encoders, self.tokenizers, prompts, self.resolution)
-        return encode_sd_prompts(self.text_encoders[0], self.tokenizers[0], prompts)
+        return self.family_adapter.encode_prompts(self.text_encoders, self.tokenizers, prompts, self.resolution)
+
+    def sample_timesteps(self, count: int, generator: Optional[torch.Generator] = None, device=None) -> torch.Tensor:
+        """``count`` training timesteps from ``generator``: DDPM integers uniform on {0, ..., T - 1}, or a
+        flow-matching family's T sigma drawn from its timestep density."""
+        return self.family_adapter.sample_timesteps(count, generator, device)
 
     def add_noise(self, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        return add_noise(latents, noise, timesteps, self.alphas_cumprod)
+        """x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps (DDPM), x_sigma = (1 - sigma) x0 + sigma eps (flow)."""
+        return self.family_adapter.add_noise(latents, noise, timesteps)
 
     def target(self, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        """The regression target: the noise for epsilon-prediction, the velocity for v-prediction."""
-        if self.prediction_type == "v_prediction":
-            return velocity(latents, noise, timesteps, self.alphas_cumprod)
-        return noise
+        """The regression target: the noise (epsilon-prediction), the velocity (v-prediction) or eps - x0 (flow)."""
+        return self.family_adapter.target(latents, noise, timesteps)
 
     def epsilon(self, prediction: torch.Tensor, noisy_latents: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        """The noise a UNet prediction implies (the prediction itself for epsilon-prediction models)."""
-        if self.prediction_type == "v_prediction":
-            return epsilon_from_velocity(prediction, noisy_latents, timesteps, self.alphas_cumprod)
-        return prediction
+        """The noise a UNet prediction implies (DDPM families)."""
+        return self.family_adapter.epsilon(prediction, noisy_latents, timesteps)
 
     def denoised(self, prediction: torch.Tensor, noisy_latents: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        """The clean latent x0 a UNet prediction implies (epsilon or v)."""
-        if self.prediction_type == "v_prediction":
-            return x0_from_velocity(prediction, noisy_latents, timesteps, self.alphas_cumprod)
-        return x0_from_epsilon(prediction, noisy_latents, timesteps, self.alphas_cumprod)
+        """The clean latent x0 a UNet prediction implies (DDPM families)."""
+        return self.family_adapter.denoised(prediction, noisy_latents, timesteps)
 
     def policy(self, noisy_latents: torch.Tensor, timesteps: torch.Tensor, cond: Conditioning) -> torch.Tensor:
-        """The trainable UNet's prediction, with grad (through the accelerate-prepared module)."""
-        return self.unet(noisy_latents, timesteps, **cond.unet_kwargs()).sample
+        """The trainable denoiser's prediction, with grad (through the accelerate-prepared module)."""
+        return self.family_adapter.forward(self.unet, noisy_latents, timesteps, cond)
 
     @torch.no_grad()
     def policy_no_grad(self, noisy_latents: torch.Tensor, timesteps: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         """The current policy's prediction without grad (used by inversion), bypassing DDP."""
         with self._autocast():
-            return self.unwrapped_unet(noisy_latents, timesteps, **cond.unet_kwargs()).sample
+            return self.family_adapter.forward(self.unwrapped_unet, noisy_latents, timesteps, cond)
 
     @torch.no_grad()
     def reference(self, noisy_latents: torch.Tensor, timesteps: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         """The frozen reference's prediction, detached."""
         if self.reference_mode in ("copy", "ema"):
             with self._autocast():
-                return self.reference_unet(noisy_latents, timesteps, **cond.unet_kwargs()).sample.detach()
+                return self.family_adapter.forward(self.reference_unet, noisy_latents, timesteps, cond).detach()
         if self.reference_mode in ("adapters", "user-off"):
             with self._base_weights(), self._autocast():
-                return self.unwrapped_unet(noisy_latents, timesteps, **cond.unet_kwargs()).sample.detach()
+                return self.family_adapter.forward(self.unwrapped_unet, noisy_latents, timesteps, cond).detach()
         raise RuntimeError("this model was loaded without a reference (reference=None)")
 
     @torch.no_grad()

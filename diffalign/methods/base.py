@@ -14,6 +14,9 @@ A method is a small class that declares what it needs and computes a loss:
   ``after_optimizer_step``;
 - ``user_conditioned``: whether the policy is the base model plus PPD's user branch, the reference
   being the same network with the branch off (``diffalign.diffusion.user_branch``);
+- ``needs_ddpm_unet``: what the method needs that only the DDPM UNet families (SD1.x/2.x, SDXL) have
+  (DDIM inversion on ``alphas_cumprod``, ...), named when a flow-matching family refuses it; empty for
+  methods that run on every family (``diffalign.diffusion.families``);
 - ``encode_options()``: keyword arguments of the model's encode step (``caption_dropout``);
 - ``data_options()`` / ``model_options()``: what the method adds to the data options (a user
   embeddings folder) and to the model loading (the user branch's embedding size);
@@ -70,6 +73,7 @@ class Method(ABC):
     """Whether the trained model is a negative model (Diffusion-NPO, Self-NPO): the negative branch of
     NPO-guided classifier-free guidance (``diffalign.pipelines``), not a model to sample from alone."""
     user_conditioned: ClassVar[bool] = False
+    needs_ddpm_unet: ClassVar[str] = ""
 
     def __init__(self, config: MethodConfig | None = None):
         self.config = config if config is not None else self.config_class()

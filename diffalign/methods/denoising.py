@@ -28,7 +28,8 @@ import torch
 from diffalign.data.errors import DataError
 from diffalign.diffusion import Conditioning, denoising_logps
 from diffalign.diffusion.inversion import ddim_invert, inversion_grid
-from diffalign.diffusion.noising import repeat_for_pair, sample_noise, sample_timesteps
+from diffalign.diffusion import noising
+from diffalign.diffusion.noising import repeat_for_pair, sample_noise
 from diffalign.methods.base import Method
 
 CAPTION_DROPOUT_HELP = "probability of replacing a pair's caption by the empty one (classifier-free guidance)"
@@ -66,20 +67,31 @@ class PairLatents:
         return chosen, rejected
 
 
+def training_timesteps(model, count: int, generator: Optional[torch.Generator], device=None) -> torch.Tensor:
+    """``count`` training timesteps of ``model`` from ``generator``: its family's (``model.sample_timesteps``:
+    DDPM integers uniform on {0, ..., T - 1}, or T sigma from a flow-matching family's density); a model
+    adapter without ``sample_timesteps`` (a test double) gets the DDPM draw on ``model.num_train_timesteps``."""
+    sample = getattr(model, "sample_timesteps", None)
+    if sample is None:
+        return noising.sample_timesteps(count, model.num_train_timesteps, generator, device)
+    return sample(count, generator, device)
+
+
 def stack_pairs(model, inputs: dict, generator: Optional[torch.Generator]):
     """(latents, timesteps, cond) of the encoded pairs: clean latents stacked as [winners; losers]
-    (2B, ...), one timestep per pair drawn uniformly from ``generator`` and repeated for both images
-    (2B,), and the conditioning repeated the same way."""
+    (2B, ...), one timestep per pair drawn from ``generator``
+    (``training_timesteps``) and repeated for both images (2B,), and the conditioning repeated the same way."""
     latents = torch.cat([inputs["chosen_latents"], inputs["rejected_latents"]], dim=0)
     pairs = inputs["chosen_latents"].shape[0]
-    timesteps = repeat_for_pair(sample_timesteps(pairs, model.num_train_timesteps, generator, latents.device))
+    timesteps = repeat_for_pair(training_timesteps(model, pairs, generator, latents.device))
     return latents, timesteps, inputs["cond"].repeat_for_pair()
 
 
 def forward_noised_pairs(model, latents, timesteps, cond, generator) -> PairLatents:
-    """Forward noising x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, with eps drawn once per pair and
-    shared by winner and loser (common random numbers: the error difference measures the images, not
-    the noise); the target is eps (epsilon-prediction) or the velocity (v-prediction)."""
+    """Forward noising x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps (flow matching: (1 - sigma) x0 +
+    sigma eps), with eps drawn once per pair and shared by winner and loser (common random numbers: the
+    error difference measures the images, not the noise); the target is eps (epsilon-prediction), the
+    velocity (v-prediction) or eps - x0 (flow matching), as the model's family defines them."""
     pairs = latents.shape[0] // 2
     noise = repeat_for_pair(sample_noise((pairs, *latents.shape[1:]), generator, latents.device, latents.dtype))
     return PairLatents(model.add_noise(latents, noise, timesteps), model.target(latents, noise, timesteps), timesteps, cond)
@@ -101,7 +113,7 @@ def caption_pairs(model, inputs: dict, generator: Optional[torch.Generator], met
     rows = first_rows + drawn
     perturbed = inputs["negative_cond"].map(lambda tensor: tensor[rows.to(tensor.device)])
     image = inputs["image_latents"]
-    timesteps = repeat_for_pair(sample_timesteps(image.shape[0], model.num_train_timesteps, generator, image.device))
+    timesteps = repeat_for_pair(training_timesteps(model, image.shape[0], generator, image.device))
     return forward_noised_pairs(model, repeat_for_pair(image), timesteps, Conditioning.concat([inputs["cond"], perturbed]),
                                 generator)
 

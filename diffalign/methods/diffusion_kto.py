@@ -47,9 +47,9 @@ from dataclasses import dataclass
 import torch
 
 from diffalign.diffusion import DENOISING_LOGP_SCALE, denoising_logps
-from diffalign.diffusion.noising import sample_noise, sample_timesteps
+from diffalign.diffusion.noising import sample_noise
 from diffalign.methods.base import MethodConfig, register_method
-from diffalign.methods.denoising import CAPTION_DROPOUT_HELP, DenoisingMethod
+from diffalign.methods.denoising import CAPTION_DROPOUT_HELP, DenoisingMethod, training_timesteps
 from diffalign.methods.text_kto import _all_reduce_mean
 from diffalign.objectives import ObjectiveOutput, kto_ref_point, unpaired_loss, unpaired_step_metrics
 from diffalign.options import option
@@ -98,7 +98,7 @@ class DiffusionKTO(DenoisingKTOMethod):
 
     def compute_loss(self, model, inputs, generator=None):
         latents = inputs["image_latents"]
-        timesteps = sample_timesteps(latents.shape[0], model.num_train_timesteps, generator, latents.device)
+        timesteps = training_timesteps(model, latents.shape[0], generator, latents.device)
         noise = sample_noise(tuple(latents.shape), generator, latents.device, latents.dtype)
         noisy, target = model.add_noise(latents, noise, timesteps), model.target(latents, noise, timesteps)
         policy = denoising_logps(model.policy(noisy, timesteps, inputs["cond"]), target)

@@ -58,16 +58,19 @@ from diffalign.methods.denoising import CAPTION_DROPOUT_HELP, DenoisingMethod, d
 from diffalign.objectives import dpo_loss
 from diffalign.options import option
 
-FAMILY_BETA = {"sd": 1000.0, "sdxl": 2000.0}
+FAMILY_BETA = {"sd": 1000.0, "sdxl": 2000.0, "sd3": 1000.0, "flux": 1000.0}
 """beta of the official NPO run scripts per model family, in diffalign's (Salesforce) form: SD1.5's
-``--beta_dpo 500`` has no 1/2 factor, hence 1000; SDXL's 2000 is already in this form (spec §1.2)."""
+``--beta_dpo 500`` has no 1/2 factor, hence 1000; SDXL's 2000 is already in this form (spec §1.2).
+SD3.x and FLUX.1 have no official run: the SD1.5 value on the same -1/2 mean squared (velocity) error,
+untuned."""
 
 
 @dataclass
 class DiffusionNPOConfig(MethodConfig):
     beta: Optional[float] = option("DPO temperature in the -log sigmoid(-(beta/2)(Delta_theta - Delta_ref)) form "
                                    "(default: the official value for the model family, 1000 SD1.x = the SD1.5 "
-                                   "script's beta_dpo 500 without the 1/2, 2000 SDXL)", default=None, gt=0)
+                                   "script's beta_dpo 500 without the 1/2, 2000 SDXL; SD3.x and FLUX.1: 1000, "
+                                   "untuned)", default=None, gt=0)
     caption_dropout: float = option(CAPTION_DROPOUT_HELP + " (the official NPO scripts: none)", default=0.0, ge=0, le=1)
 
     def beta_for(self, family: str) -> float:

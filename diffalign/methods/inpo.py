@@ -88,6 +88,7 @@ class InPO(DenoisingMethod):
     config_class = InPOConfig
     data_format = "image_pairs"
     needs_reference = True
+    needs_ddpm_unet = "DDIM inversion of the training images on a DDPM alphas_cumprod schedule"
 
     def compute_loss(self, model, inputs, generator=None):
         config = self.config

@@ -70,6 +70,7 @@ class PPD(DiffusionDPO):
     config_class = PPDConfig
     data_format = "user_image_pairs"
     user_conditioned = True
+    needs_ddpm_unet = "a user branch in a UNet's cross-attention (IP-Adapter layout)"
 
     def __init__(self, config: PPDConfig | None = None):
         super().__init__(config)

@@ -106,6 +106,7 @@ class SelfNPO(DenoisingMethod):
     config_class = SelfNPOConfig
     data_format = "prompts"
     needs_reference = True
+    needs_ddpm_unet = "DDIM self-sampling on a DDPM alphas_cumprod schedule"
     ema_reference = True
     negative_model = True
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from diffalign.diffusion import DENOISING_LOGP_SCALE, denoising_logps
-from diffalign.diffusion.noising import sample_noise, sample_timesteps
+from diffalign.diffusion.noising import sample_noise
 from diffalign.methods.base import MethodConfig, register_method
-from diffalign.methods.denoising import CAPTION_DROPOUT_HELP, DenoisingMethod
+from diffalign.methods.denoising import CAPTION_DROPOUT_HELP, DenoisingMethod, training_timesteps
 from diffalign.objectives import sft_loss
 from diffalign.options import option
 
@@ -33,7 +33,7 @@ class SFT(DenoisingMethod):
 
     def compute_loss(self, model, inputs, generator=None):
         latents = inputs["image_latents"]
-        timesteps = sample_timesteps(latents.shape[0], model.num_train_timesteps, generator, latents.device)
+        timesteps = training_timesteps(model, latents.shape[0], generator, latents.device)
         noise = sample_noise(tuple(latents.shape), generator, latents.device, latents.dtype)
         prediction = model.policy(model.add_noise(latents, noise, timesteps), timesteps, inputs["cond"])
         logps = denoising_logps(prediction, model.target(latents, noise, timesteps))

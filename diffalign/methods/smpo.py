@@ -73,6 +73,7 @@ class SmPO(DenoisingMethod):
     config_class = SmPOConfig
     data_format = "scored_image_pairs"
     needs_reference = True
+    needs_ddpm_unet = "DDIM inversion of the training images on a DDPM alphas_cumprod schedule"
 
     def compute_loss(self, model, inputs, generator=None):
         config = self.config

@@ -15,6 +15,7 @@ from diffalign.options import OptionError, option, validate_fields
 
 REFERENCE_MODES = ("auto", "copy", "adapters")
 ATTENTION_BACKENDS = ("sdpa", "xformers", "native")  # diffalign.diffusion.attention.ATTENTION_BACKENDS
+TIMESTEP_DENSITIES = ("logit_normal", "mode", "uniform")  # diffalign.diffusion.families.flow.TIMESTEP_DENSITIES
 OPTIMIZERS = ("adamw", "adafactor", "adamw8bit")  # diffalign.training.optim.build_optimizer
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 """diffusers ``get_scheduler`` names that need no more than warm-up and total steps
@@ -32,8 +33,8 @@ class TrainConfig:
     # what to train
     method: str = option("the preference method (`diffalign methods` lists them)", default="diffusion-dpo", nonempty=True,
                          metavar="NAME")
-    model: str = option("diffusers pipeline folder or hub id (SD1.x/2.x, SDXL); for text methods a causal LM "
-                        "folder or hub id (required)", default="", metavar="PATH_OR_ID")
+    model: str = option("diffusers pipeline folder or hub id (SD1.x/2.x, SDXL, SD3.x, FLUX.1); for text methods a "
+                        "causal LM folder or hub id (required)", default="", metavar="PATH_OR_ID")
     data: str = option("hub dataset id, save_to_disk folder, parquet, jsonl or .txt file, or a `diffalign cache` "
                        "folder (required)", default="", metavar="PATH_OR_ID")
     output_dir: str = option("folder for checkpoints, metrics and the exported model", default="runs/diffalign",
@@ -55,13 +56,18 @@ class TrainConfig:
     lora_rank: int = option("LoRA rank (0: full fine-tuning)", default=0, ge=0)
     lora_alpha: Optional[float] = option("LoRA alpha, needs --lora-rank >= 1 (default: the rank)", default=None, gt=0)
     lora_target_modules: Optional[list[str]] = option("module names LoRA adapts, needs --lora-rank >= 1 (default: the "
-                                                      "UNet's attention projections; all linear layers for text models)",
+                                                      "family's, as diffusers' LoRA scripts: the UNet's attention "
+                                                      "projections, SD3's joint-attention projections; all linear layers "
+                                                      "for text models)",
                                                       default=None, nonempty=True)
     reference: str = option("frozen reference for methods that need one: auto (LoRA: the base with adapters "
                             "disabled; full fine-tuning: a frozen copy), copy, adapters (needs LoRA)",
                             default="auto", choices=REFERENCE_MODES)
     attention: str = option("attention backend (xformers: CUDA and the xformers extra; text models: sdpa or native)",
                             default="sdpa", choices=ATTENTION_BACKENDS)
+    timestep_density: Optional[str] = option("training timestep density of the flow-matching families (default: the "
+                                             "family's, as diffusers' DreamBooth scripts: logit_normal SD3.x, uniform "
+                                             "FLUX.1)", default=None, choices=TIMESTEP_DENSITIES)
     gradient_checkpointing: bool = option("recompute activations in the backward pass to save memory", default=False)
     revision: Optional[str] = option("model revision on the hub (default: the main branch)", default=None, nonempty=True)
 

@@ -10,9 +10,23 @@ from diffalign.data import ImageOptions, get_format
 from diffalign.data.cache import LatentCache, is_latent_cache
 from diffalign.data.tables import read_table
 from diffalign.diffusion.fingerprint import encoder_fingerprint
-from diffalign.diffusion.model import DiffusionModel, LoraSettings, default_resolution, read_model_index
+from diffalign.diffusion.families import TimestepDensity
+from diffalign.diffusion.model import DiffusionModel, LoraSettings, default_resolution, model_family
+from diffalign.errors import UserError
+from diffalign.methods.base import registered_methods
 from diffalign.training.config import TrainConfig
 from diffalign.training.modality import Modality, reference_mode
+
+
+class UnsupportedFamilyError(UserError, ValueError):
+    """A method the model's family cannot run (``Method.needs_ddpm_unet`` on a flow-matching family)."""
+
+
+def check_family_supports(family, method) -> None:
+    if method.needs_ddpm_unet and not family.ddpm_unet:
+        runnable = [name for name, cls in registered_methods().items() if cls.modality == "diffusion" and not cls.needs_ddpm_unet]
+        raise UnsupportedFamilyError(f"{method.name} needs {method.needs_ddpm_unet}, which {family.title} models "
+                                     f"(flow-matching transformers) do not have; on them use {', '.join(runnable)}")
 
 
 class DiffusionModality(Modality):
@@ -25,7 +39,7 @@ class DiffusionModality(Modality):
     def build_dataset(self, config: TrainConfig, method):
         """Read and check the data before the model loads: its resolution comes from the cache (whose
         fingerprint must match the model's encoders) or the model's configs."""
-        read_model_index(config.model, config.revision)  # a missing or wrong --model is named first
+        check_family_supports(model_family(config.model, config.revision), method)  # a missing or wrong --model is named first
         if is_latent_cache(config.data):
             self.cache = LatentCache(config.data)
             self.resolution = self.cache.check_compatible(encoder_fingerprint(config.model, config.revision),
@@ -44,6 +58,7 @@ class DiffusionModality(Modality):
             config.model, reference=reference_mode(config, method, lora is not None), lora=lora,
             attention=config.attention, gradient_checkpointing=config.gradient_checkpointing, resolution=self.resolution,
             revision=config.revision, load_encoders=self.cache is None, **method.model_options(),
+            timestep_density=TimestepDensity(config.timestep_density) if config.timestep_density is not None else None,
         )
         if self.cache is not None:
             model.set_empty_conditioning(self.cache.empty_conditioning())

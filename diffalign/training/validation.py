@@ -35,7 +35,6 @@ from diffalign.diffusion.seeds import image_seed
 from diffalign.options import OptionError
 
 VALIDATION_DIR = "validation"
-DEFAULT_GUIDANCE = {"sd": 7.5, "sdxl": 5.0}  # diffalign.pipelines.generate.DEFAULT_GUIDANCE
 PROMPT_FILE_EXTENSIONS = (".txt",)
 IMAGE_TRACKERS = ("tensorboard", "wandb", "swanlab")
 
@@ -131,7 +130,8 @@ class Validator:
         """K images per prompt, prompt-major (index ``i * K + j``)."""
         model, config = self.model, self.config
         per_prompt = config.validation_images
-        guidance = config.validation_guidance if config.validation_guidance is not None else DEFAULT_GUIDANCE[model.family]
+        guidance = (config.validation_guidance if config.validation_guidance is not None
+                    else model.family_adapter.default_guidance)
         pipeline = model.build_pipeline(unet=unet)
         pipeline.set_progress_bar_config(disable=True)
         was_training = unet.training
