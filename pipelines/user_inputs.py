@@ -16,6 +16,7 @@ read numbers from a space it never saw.
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any, Optional
 
@@ -51,7 +52,7 @@ def check_user_settings(settings) -> None:
         raise UsageError(f"--interpolate takes two users, got {len(settings.interpolate)}")
     for name in ("alpha", "user_scale"):
         value = getattr(settings, name)
-        if value is not None and not (isinstance(value, (int, float)) and not isinstance(value, bool) and torch.isfinite(torch.tensor(float(value)))):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)):
             raise UsageError(f"--{name.replace('_', '-')} must be a finite number, got {value!r}")
     if settings.user_shots is not None and not os.path.isfile(settings.user_shots):
         raise UsageError(f"--user-shots {settings.user_shots}: no such file (a jsonl of a user's example pairs)")

@@ -60,6 +60,12 @@ def _cross_attention_names(unet) -> list[str]:
     return [name for name in unet.attn_processors if not name.endswith("attn1.processor")]
 
 
+def _cross_attention_processors(unet) -> list:
+    """The cross-attention layers' processors in that order (one walk over the UNet: every reference
+    forward switches the branch off and on again)."""
+    return [processor for name, processor in unet.attn_processors.items() if not name.endswith("attn1.processor")]
+
+
 def has_user_branch(unet) -> bool:
     return getattr(unet.config, "encoder_hid_dim_type", None) == "ip_image_proj" and unet.encoder_hid_proj is not None
 
@@ -124,17 +130,18 @@ def add_user_branch(unet, embedding_mean: torch.Tensor, embedding_std: torch.Ten
 
 def set_user_branch_scale(unet, scale: float) -> None:
     """lambda of every branch layer from now on (0 skips the branch: the base model)."""
-    for name in _cross_attention_names(unet):
-        unet.attn_processors[name].scale = [scale]
+    for processor in _cross_attention_processors(unet):
+        processor.scale = [scale]
 
 
 @contextlib.contextmanager
 def user_branch_scale(unet, scale: float) -> Iterator[None]:
     """Run ``unet`` with lambda = ``scale`` inside the block (no-grad uses only: a forward recomputed by
     gradient checkpointing after the block would see the old lambda)."""
-    processors = [unet.attn_processors[name] for name in _cross_attention_names(unet)]
+    processors = _cross_attention_processors(unet)
     previous = [processor.scale for processor in processors]
-    set_user_branch_scale(unet, scale)
+    for processor in processors:
+        processor.scale = [scale]
     try:
         yield
     finally:
@@ -151,10 +158,9 @@ def _branch_tensors(unet) -> dict[str, torch.nn.Parameter]:
         "image_proj.proj.weight": projection.image_embeds.weight, "image_proj.proj.bias": projection.image_embeds.bias,
         "image_proj.norm.weight": projection.norm.weight, "image_proj.norm.bias": projection.norm.bias,
     }
-    processors = unet.attn_processors
-    for k, name in enumerate(_cross_attention_names(unet)):
-        tensors[f"ip_adapter.{2 * k + 1}.to_k_ip.weight"] = processors[name].to_k_ip[0].weight
-        tensors[f"ip_adapter.{2 * k + 1}.to_v_ip.weight"] = processors[name].to_v_ip[0].weight
+    for k, processor in enumerate(_cross_attention_processors(unet)):
+        tensors[f"ip_adapter.{2 * k + 1}.to_k_ip.weight"] = processor.to_k_ip[0].weight
+        tensors[f"ip_adapter.{2 * k + 1}.to_v_ip.weight"] = processor.to_v_ip[0].weight
     return tensors
 
 

@@ -40,7 +40,7 @@ from diffalign.toy.evaluation import EVAL_IMAGE_SEED, check_eval_split, evaluati
 from diffalign.toy.generation import candidate_sampling, generate_per_prompt
 from diffalign.toy.preset import SAMPLING
 from diffalign.toy.reporting import save_training_curves
-from diffalign.toy.users import HELD_OUT_USERS, TRAIN_USERS, ToyUser, ToyUserEncoder, ToyUserJudge
+from diffalign.toy.users import HELD_OUT_USERS, TRAIN_USERS, ToyUser, ToyUserEncoder, users_scores
 
 SHOTS = 4
 INTERPOLATION = ("big", "high")
@@ -48,17 +48,18 @@ ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
 CANDIDATE_SEED_STRIDE = 1_000_000  # as the other demos: candidates of --seed s start at seed s * 1_000_000
 
 
-def user_pairs(candidates, paths: Sequence[Path], user: ToyUser, min_margin: float = 0.0, pairs_per_prompt: int = 1):
-    """The user's best-vs-worst pair per prompt (i-th best vs i-th worst for i < ``pairs_per_prompt``),
-    by their judge; returns the pairs and their statistics."""
+def user_pairs(candidates, paths: Sequence[Path], users: Sequence[ToyUser], min_margin: float = 0.0,
+               pairs_per_prompt: int = 1) -> dict[str, tuple]:
+    """Per user, their best-vs-worst pair per prompt (i-th best vs i-th worst for i < ``pairs_per_prompt``)
+    by their judge: ``{user: (pairs, statistics)}``."""
     from diffalign.rewards.pairs import best_vs_worst
     from diffalign.rewards.records import ImageRecord
 
     prompts = candidates.image_prompts
     records = [ImageRecord(str(path), prompt, f"candidate {index}") for index, (path, prompt) in enumerate(zip(paths, prompts))]
-    scores = ToyUserJudge(user).score(candidates.images, prompts)
-    return best_vs_worst(records, scores, scorer_name=f"toy user {user.name}", min_margin=min_margin,
-                         pairs_per_prompt=pairs_per_prompt)
+    scores = users_scores(users, candidates.images, prompts)
+    return {user.name: best_vs_worst(records, scores[user.name], scorer_name=f"toy user {user.name}", min_margin=min_margin,
+                                     pairs_per_prompt=pairs_per_prompt) for user in users}
 
 
 def check_enough_pairs(pair_counts: dict[str, int]) -> None:
@@ -119,10 +120,9 @@ def _run(config) -> dict:
     paths = candidates.save(output / "candidates")
     clock.lap("generate")
 
-    pairs, pair_counts = {}, {}
-    for user in TRAIN_USERS + HELD_OUT_USERS:
-        pairs[user.name], stats = user_pairs(candidates, paths, user, config.min_margin, config.pairs_per_prompt)
-        pair_counts[user.name] = stats.pairs
+    picked = user_pairs(candidates, paths, TRAIN_USERS + HELD_OUT_USERS, config.min_margin, config.pairs_per_prompt)
+    pairs = {name: found for name, (found, _) in picked.items()}
+    pair_counts = {name: stats.pairs for name, (_, stats) in picked.items()}
     check_enough_pairs(pair_counts)
     data = output / "pairs.jsonl"
     write_user_pairs(data, {user.name: pairs[user.name] for user in TRAIN_USERS})
@@ -180,16 +180,16 @@ def evaluate_users(base_pipe, pipe, prompts: Sequence[str], user_embedding: dict
                    batch_size: int, progress: bool) -> dict:
     """Per user: the personalised images (same seeds as the base's), every user's judge on them, the
     win rates over the base (``matrix[conditioned on][judged by]``) and the mean rewards."""
-    users = {user.name: user for user in TRAIN_USERS + HELD_OUT_USERS}
-    judges = {name: ToyUserJudge(user) for name, user in users.items()}
+    users = TRAIN_USERS + HELD_OUT_USERS
+    judges = [user.name for user in users]
     options = dict(batch_size=batch_size, progress=progress)
     base = generate_per_prompt(base_pipe, prompts, seeds, EVAL_IMAGE_SEED, desc="eval base", **options)
-    base_scores = {name: judge.score(base.images, base.image_prompts).tolist() for name, judge in judges.items()}
+    base_scores = {name: score.tolist() for name, score in users_scores(users, base.images, base.image_prompts).items()}
     matrix, per_user = {}, {}
     for conditioned, embedding in user_embedding.items():
         images = generate_per_prompt(pipe, prompts, seeds, EVAL_IMAGE_SEED, desc=f"eval {conditioned}", user_embedding=embedding,
                                      **options)
-        scores = {name: judge.score(images.images, images.image_prompts).tolist() for name, judge in judges.items()}
+        scores = {name: score.tolist() for name, score in users_scores(users, images.images, images.image_prompts).items()}
         matrix[conditioned] = {judged: win_rate(scores[judged], base_scores[judged])["win_rate"] for judged in judges}
         own = win_rate(scores[conditioned], base_scores[conditioned])
         per_user[conditioned] = {"win_rate": own["win_rate"], "win_rate_stderr": own["win_rate_stderr"],
@@ -213,14 +213,14 @@ def interpolate(pipe, prompts: Sequence[str], user_embedding: dict[str, torch.Te
     from diffalign.pipelines.personalized import interpolate_users
 
     first, second = INTERPOLATION
-    judges = {name: ToyUserJudge(next(u for u in TRAIN_USERS if u.name == name)) for name in INTERPOLATION}
+    users = [user for user in TRAIN_USERS if user.name in INTERPOLATION]
     rewards = {name: [] for name in INTERPOLATION}
     for alpha in ALPHAS:
         embedding = interpolate_users(user_embedding[first], user_embedding[second], alpha)
         images = generate_per_prompt(pipe, prompts, seeds, EVAL_IMAGE_SEED, batch_size=batch_size, progress=progress,
                                      desc=f"alpha {alpha}", user_embedding=embedding)
-        for name, judge in judges.items():
-            rewards[name].append(mean(judge.score(images.images, images.image_prompts).tolist()))
+        for name, score in users_scores(users, images.images, images.image_prompts).items():
+            rewards[name].append(mean(score.tolist()))
     return {"users": list(INTERPOLATION), "alphas": list(ALPHAS), "rewards": rewards}
 
 

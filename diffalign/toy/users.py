@@ -49,6 +49,10 @@ class ToyUser:
     def describe(self) -> str:
         return ", ".join(f"{feature} {weight:g}" for feature, weight in self.weights.items() if weight)
 
+    def reward(self, features: dict[str, float]) -> float:
+        """The weighted sum of an image's ``image_features``."""
+        return sum(self.weights[feature] * value for feature, value in features.items())
+
 
 def _user(name: str, **tastes: float) -> ToyUser:
     return ToyUser(name, {"adherence": ADHERENCE_WEIGHT, **{feature: tastes.get(feature, 0.0) for feature in FEATURES[1:]}})
@@ -91,8 +95,14 @@ class ToyUserJudge(Scorer):
     def score(self, images: Sequence[Image.Image], prompts: Sequence[str]) -> torch.Tensor:
         if len(images) != len(prompts):
             raise ValueError(f"got {len(images)} images but {len(prompts)} prompts")
-        return torch.tensor([sum(self.user.weights[f] * v for f, v in image_features(image, prompt).items())
-                             for image, prompt in zip(images, prompts)], dtype=torch.float32)
+        return torch.tensor([self.user.reward(image_features(image, prompt)) for image, prompt in zip(images, prompts)],
+                            dtype=torch.float32)
+
+
+def users_scores(users: Sequence[ToyUser], images: Sequence[Image.Image], prompts: Sequence[str]) -> dict[str, torch.Tensor]:
+    """Every user's ``ToyUserJudge`` scores of ``images``, each image measured once for all of them."""
+    features = [image_features(image, prompt) for image, prompt in zip(images, prompts)]
+    return {user.name: torch.tensor([user.reward(f) for f in features], dtype=torch.float32) for user in users}
 
 
 def describe_image(image: Image.Image, caption: str) -> list[float]:
