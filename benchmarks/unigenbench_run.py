@@ -33,6 +33,7 @@ from typing import Any, Optional, Sequence
 from diffalign.benchmarks.bench_judges import (
     Benchmark, JudgeOptions, JudgeTask, TestpointJudge, build_judge, check_judge_spec, get_benchmark, public_judge_spec,
 )
+from diffalign.benchmarks.bench_report import JUDGEMENTS_FILE, RESULT_FILE, write_run_report
 from diffalign.benchmarks.unigenbench_data import BenchPrompt
 from diffalign.benchmarks.unigenbench_scores import JudgedImage, aggregate, select_examples
 from diffalign.data.errors import DataError
@@ -40,8 +41,6 @@ from diffalign.errors import UsageError
 from diffalign.rewards.records import candidate_image_name, parse_candidate_image_name
 
 SCHEMA = 1
-RESULTS_FILE = "unigenbench.json"
-JUDGEMENTS_FILE = "judgements.jsonl"
 SETTINGS_FILE = "bench_settings.json"
 IMAGES_DIR = "images"
 EXAMPLES_PER_KIND = 4
@@ -166,7 +165,7 @@ def check_run_folder(out: str, made_with: dict[str, Any]) -> None:
         _write_json(path, made_with)  # e.g. a first try that an endpoint refused: nothing to keep apart
         return
     if not os.path.isfile(path):
-        ours = [name for name in (JUDGEMENTS_FILE, RESULTS_FILE, IMAGES_DIR) if os.path.exists(os.path.join(out, name))]
+        ours = [name for name in (JUDGEMENTS_FILE, RESULT_FILE, IMAGES_DIR) if os.path.exists(os.path.join(out, name))]
         if ours:
             raise UsageError(f"--out {out} holds {ours[0]} but no {SETTINGS_FILE}, so what made it is unknown: give another --out")
         os.makedirs(out, exist_ok=True)
@@ -353,10 +352,8 @@ def run_bench(settings: BenchSettings, judge: Optional[TestpointJudge] = None, w
         rows.update(judge_images(judge, tasks, judgements_path, progress=settings.progress))
 
     results = summarize(settings, benchmark, category, judge_spec, items, expected, rows, generation, recorded_images_dir)
-    _write_json(os.path.join(settings.out, RESULTS_FILE), results)
+    _write_json(os.path.join(settings.out, RESULT_FILE), results)
     if write_report:
-        from diffalign.benchmarks.bench_report import write_run_report
-
         write_run_report(settings.out)
     return results
 
@@ -416,7 +413,7 @@ def summarize(settings: BenchSettings, benchmark: Benchmark, category: str, judg
 def print_summary(results: dict, out: str, file=None) -> None:
     """Two lines on ``file`` (default: stdout): what was judged (and what failed) and the Overall score."""
     counts = results["counts"]
-    failed = f", {counts['failed_images']} failed (listed in {os.path.join(out, RESULTS_FILE)})" if counts["failed_images"] else ""
+    failed = f", {counts['failed_images']} failed (listed in {os.path.join(out, RESULT_FILE)})" if counts["failed_images"] else ""
     overall = "n/a (a primary dimension has no judgement)" if results["overall"] is None else f"{results['overall']:.2f}"
     print(f"{results['benchmark']} {results['category']}: judged {counts['judged_images']} of {counts['images']} images "
           f"({counts['testpoint_judgements']} test-point judgements){failed} with {results['judge']}", file=file)
