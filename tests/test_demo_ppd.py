@@ -76,3 +76,9 @@ def test_ppd_demo_with_too_few_prompts_is_one_sentence(tmp_path, capsys):
     code = main(["demo", "--method", "ppd", "--output-dir", str(tmp_path), "--train-prompts", "4", "--candidates", "2",
                  "--steps", "1", "--threads", "1", "--no-progress"])
     assert code == 2 and "raise --train-prompts" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("method", ["ppd", "diffusion-dpo"])
+def test_demo_steps_below_one_is_one_sentence_naming_the_demo_flag(tmp_path, capsys, method):
+    code = main(["demo", "--method", method, "--output-dir", str(tmp_path), "--steps", "0", "--no-progress"])
+    assert code == 2 and "--steps must be >= 1, got 0" in capsys.readouterr().err

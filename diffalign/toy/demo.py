@@ -117,6 +117,8 @@ def run_demo(config: DemoConfig) -> dict:
 def start_demo(config: DemoConfig):
     """What every demo does first: torch threads, the output folder, the base pipeline and the training
     prompts; returns ``(clock, output, base, base_pipe, prompts)`` with the clock's "load" stage done."""
+    if config.steps is not None and config.steps < 1:
+        raise UsageError(f"--steps must be >= 1, got {config.steps}")
     if config.threads:
         torch.set_num_threads(config.threads)
     clock = StageClock()
