@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import contextlib
+import gc
 import json
 import os
 import time
@@ -207,6 +208,12 @@ def _train(config: TrainConfig) -> dict[str, Any]:
                     with open(os.path.join(config.output_dir, CARD_FILE), encoding="utf-8") as handle:
                         log_text(accelerator, "model_card", handle.read())
     accelerator.wait_for_everyone()
+    # free the DDP wrapper (its gradient reducer holds the process group) while every process is still
+    # here: freed after end_training, at return, gloo's destructor can wait forever on a peer that has exited
+    model.set_trainable_module(unwrapped)
+    del prepared, optimizer
+    accelerator.free_memory()
+    gc.collect()
     accelerator.end_training()
     summary = {
         "method": config.method,
